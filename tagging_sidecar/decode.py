@@ -1,0 +1,64 @@
+"""Record value -> wire-format ``Tagging`` bytes, one function per input format.
+
+The forwarder sends bytes, not message objects: for protobuf input the original bytes go out
+unchanged after a validating parse, so no record is ever re-encoded on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from tagging_sidecar.config import InputFormat
+from tagging_sidecar.contract.tagging.v1.tagging_pb2 import Tagging
+from tagging_sidecar.errors import DecodeError
+
+Decoder = Callable[[bytes | None], bytes]
+
+
+def _require_id(message: Tagging) -> None:
+    if not message.id:
+        raise DecodeError("Tagging.id is empty; every record needs a unique id")
+
+
+def decode_protobuf(value: bytes | None) -> bytes:
+    """Validate a serialized ``Tagging`` and return the same bytes."""
+    if not value:
+        raise DecodeError("record value is empty")
+    try:
+        message = Tagging.FromString(value)
+    except ProtobufDecodeError:
+        raise DecodeError("record value is not a serialized tagging.v1.Tagging") from None
+    _require_id(message)
+    return value
+
+
+def decode_json(value: bytes | None) -> bytes:
+    """Parse the proto3 JSON form of a ``Tagging`` and return its wire bytes."""
+    if not value:
+        raise DecodeError("record value is empty")
+    message = Tagging()
+    try:
+        json_format.Parse(value, message)
+    except (json_format.ParseError, UnicodeDecodeError):
+        # The parser's message can quote field values, which are payload: never pass it on.
+        raise DecodeError("record value is not valid tagging.v1.Tagging JSON") from None
+    _require_id(message)
+    return message.SerializeToString()
+
+
+def decoder_for(fmt: InputFormat, max_bytes: int) -> Decoder:
+    """Return the decoder for ``fmt`` that also rejects results larger than ``max_bytes``."""
+    inner = decode_protobuf if fmt is InputFormat.PROTOBUF else decode_json
+
+    def decode(value: bytes | None) -> bytes:
+        if value is not None and len(value) > max_bytes and fmt is InputFormat.PROTOBUF:
+            raise DecodeError(f"record of {len(value)} bytes exceeds the limit of {max_bytes}")
+        payload = inner(value)
+        if len(payload) > max_bytes:
+            raise DecodeError(f"record of {len(payload)} bytes exceeds the limit of {max_bytes}")
+        return payload
+
+    return decode

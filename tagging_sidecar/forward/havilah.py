@@ -1,0 +1,176 @@
+"""The Havilah client: one client-streaming call per batch, with deadlines and retries.
+
+Records travel as the bytes they arrived in: the call's request serializer is the identity, so
+``StreamMetric`` sends each record's bytes as one ``Tagging`` message and ``StreamMetricBatch``
+sends ``TaggingBatch`` messages built by :mod:`tagging_sidecar.forward.wire`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from tagging_sidecar.config import GrpcMode, GrpcSettings
+from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
+from tagging_sidecar.errors import ForwardError, PermanentForwardError, RetryableForwardError
+from tagging_sidecar.forward.status import Outcome, classify
+from tagging_sidecar.forward.wire import batch_messages
+
+_log = structlog.get_logger("tagging_sidecar.forward")
+
+SINGLE_METHOD = "/tagging.v1.Havilah/StreamMetric"
+BATCH_METHOD = "/tagging.v1.Havilah/StreamMetricBatch"
+
+
+def _identity(payload: bytes) -> bytes:
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """What one call did, for metrics: how many records, how long, which status."""
+
+    records: int
+    seconds: float
+    code: str
+
+
+def open_channel(settings: GrpcSettings) -> grpc.Channel:
+    """Open the (lazy) channel to the downstream, plain or TLS/mTLS as configured."""
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        # A downstream restart should be noticed within seconds, not after the default backoff.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+    if not settings.tls:
+        return grpc.insecure_channel(settings.target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=settings.ca_file.read_bytes() if settings.ca_file else None,
+        private_key=settings.key_file.read_bytes() if settings.key_file else None,
+        certificate_chain=settings.cert_file.read_bytes() if settings.cert_file else None,
+    )
+    return grpc.secure_channel(settings.target, credentials, options=options)
+
+
+class HavilahClient:
+    """Delivers lists of serialized ``Tagging`` records; safe to share between threads."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        settings: GrpcSettings,
+        cancel: threading.Event | None = None,
+        observe: Callable[[CallResult], None] | None = None,
+        on_retry: Callable[[int], None] | None = None,
+    ) -> None:
+        self._channel = channel
+        self._settings = settings
+        self._cancel = cancel or threading.Event()
+        self._observe = observe
+        self._on_retry = on_retry
+        self._batch = settings.mode is GrpcMode.BATCH
+        method = BATCH_METHOD if self._batch else SINGLE_METHOD
+        self._call = channel.stream_unary(
+            method,
+            request_serializer=_identity,
+            response_deserializer=StreamMetricResponse.FromString,
+        )
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the channel is connected; raise RetryableForwardError on timeout."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise RetryableForwardError(
+                f"gRPC target {self._settings.target} not reachable within {timeout:.1f} s",
+                code="UNAVAILABLE",
+            ) from None
+
+    def deliver(self, payloads: Sequence[bytes]) -> list[tuple[int, ForwardError]]:
+        """Deliver ``payloads`` in order; return (index, error) of each record rejected for good.
+
+        Retryable failures are retried with exponential backoff and jitter until they succeed,
+        ``max_attempts`` is used up, or the client is cancelled (then the last error is raised
+        and nothing of the batch counts as delivered). A permanent rejection of several records
+        is narrowed down by halving, so one bad record does not take its neighbours with it.
+        """
+        try:
+            self._deliver_with_retries(payloads)
+            return []
+        except PermanentForwardError as exc:
+            if len(payloads) == 1:
+                return [(0, exc)]
+        middle = len(payloads) // 2
+        rejected = self.deliver(payloads[:middle])
+        rejected += [(i + middle, e) for i, e in self.deliver(payloads[middle:])]
+        return rejected
+
+    def _deliver_with_retries(self, payloads: Sequence[bytes]) -> None:
+        settings = self._settings
+        delay = settings.retry_initial_backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._send(payloads)
+                return
+            except RetryableForwardError as exc:
+                if self._cancel.is_set() or (
+                    settings.max_attempts and attempt >= settings.max_attempts
+                ):
+                    raise
+                pause = random.uniform(delay / 2, delay)
+                _log.warning(
+                    "delivery failed, retrying",
+                    code=exc.code,
+                    error=str(exc),
+                    records=len(payloads),
+                    attempt=attempt,
+                    retry_in=round(pause, 3),
+                )
+                if self._on_retry is not None:
+                    self._on_retry(len(payloads))
+                if self._cancel.wait(pause):
+                    raise
+                delay = min(settings.retry_max_backoff, delay * 2)
+
+    def _requests(self, payloads: Sequence[bytes]) -> Iterator[bytes]:
+        if self._batch:
+            return batch_messages(payloads, self._settings.max_message_bytes - 64)
+        return iter(payloads)
+
+    def _send(self, payloads: Sequence[bytes]) -> None:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            response: Any = self._call(self._requests(payloads), timeout=self._settings.timeout)
+        except grpc.RpcError as exc:
+            status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            code = status.name
+            outcome = classify(status)
+            if outcome is Outcome.DELIVERED:
+                return
+            detail = exc.details() if hasattr(exc, "details") else ""
+            message = f"{code} from {self._settings.target}: {detail}"
+            if outcome is Outcome.RETRY:
+                raise RetryableForwardError(message, code=code) from None
+            raise PermanentForwardError(message, code=code) from None
+        finally:
+            if self._observe is not None:
+                self._observe(CallResult(len(payloads), time.perf_counter() - started, code))
+        if response.received != len(payloads):
+            raise RetryableForwardError(
+                f"server acknowledged {response.received} of {len(payloads)} records",
+                code="ACK_MISMATCH",
+            )

@@ -1,0 +1,51 @@
+"""The librdkafka configuration the sidecar runs with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tagging_sidecar.config import KafkaSettings
+
+# Defaults chosen for at-least-once delivery and bounded memory; ``properties`` may override
+# all but the managed keys (the settings model rejects those).
+_DEFAULTS: dict[str, Any] = {
+    "partition.assignment.strategy": "cooperative-sticky",
+    "enable.partition.eof": False,
+    # Bounded prefetch: at most ~32 MiB per consumer waiting in librdkafka's queues.
+    "queued.max.messages.kbytes": 32768,
+    "fetch.queue.backoff.ms": 50,
+    "statistics.interval.ms": 5000,
+    "session.timeout.ms": 45000,
+    "max.poll.interval.ms": 300000,
+}
+
+
+def consumer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """Consumer configuration: manual commits of the watermark, nothing stored automatically."""
+    conf: dict[str, Any] = dict(_DEFAULTS)
+    conf.update(settings.librdkafka_security())
+    conf.update(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": settings.group_id,
+            "client.id": client_id,
+            "auto.offset.reset": settings.auto_offset_reset,
+        }
+    )
+    conf.update(settings.properties)
+    conf["enable.auto.commit"] = False
+    conf["enable.auto.offset.store"] = False
+    return conf
+
+
+def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """Producer configuration (dead-letter topic, demo producer): idempotent, acks from all."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": client_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+    }
+    conf.update(settings.librdkafka_security())
+    return conf

@@ -1,0 +1,115 @@
+"""The commit watermark: which offset of each partition is safe to commit.
+
+Pure bookkeeping with no I/O and no locks; only the poll thread touches it. A partition's
+committable position is the lowest offset still in flight, or one past the highest offset
+dispatched when nothing is in flight. Offsets need not be contiguous (compacted topics,
+transaction markers): only offsets actually seen are tracked.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterable
+
+
+class PartitionWatermark:
+    """In-flight offsets of one partition, in the order they were dispatched."""
+
+    __slots__ = ("_done", "_next", "_pending", "committed")
+
+    def __init__(self, committed: int | None = None) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self._next: int | None = committed
+        #: the last position reported as committed; never decreases
+        self.committed: int | None = committed
+
+    def track(self, offset: int) -> None:
+        """Record that ``offset`` was dispatched; offsets must increase."""
+        if self._pending and offset <= self._pending[-1]:
+            raise ValueError(f"offset {offset} tracked out of order after {self._pending[-1]}")
+        if not self._pending and self._next is not None and offset < self._next:
+            raise ValueError(f"offset {offset} tracked below position {self._next}")
+        self._pending.append(offset)
+
+    def done(self, offset: int) -> None:
+        """Record that a tracked ``offset`` was delivered (or dead-lettered); call once per offset."""
+        pending = self._pending
+        if not pending or offset < pending[0]:
+            return
+        if offset != pending[0]:
+            self._done.add(offset)
+            return
+        last = pending.popleft()
+        finished = self._done
+        while pending and pending[0] in finished:
+            last = pending.popleft()
+            finished.discard(last)
+        if not pending:
+            self._next = last + 1
+
+    def position(self) -> int | None:
+        """The next offset to commit: the lowest in flight, or one past the last one done."""
+        if self._pending:
+            return self._pending[0]
+        return self._next
+
+    @property
+    def in_flight(self) -> int:
+        """How many tracked offsets are not done yet."""
+        return len(self._pending) - len(self._done)
+
+    def has_in_flight(self) -> bool:
+        """Whether any tracked offset is not done yet."""
+        return bool(self._pending)
+
+    def mark_committed(self, position: int) -> None:
+        """Remember that ``position`` was committed; a lower one is ignored."""
+        if self.committed is None or position > self.committed:
+            self.committed = position
+
+    def uncommitted(self) -> int | None:
+        """The position to commit if it moved past the last commit, else None."""
+        position = self.position()
+        if position is None or (self.committed is not None and position <= self.committed):
+            return None
+        return position
+
+
+class Watermarks:
+    """The watermarks of every assigned partition, keyed by ``(topic, partition)``."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[Hashable, PartitionWatermark] = {}
+
+    def assign(self, key: Hashable, committed: int | None = None) -> PartitionWatermark:
+        """Start tracking a partition (again), forgetting any previous state of it."""
+        watermark = PartitionWatermark(committed)
+        self._partitions[key] = watermark
+        return watermark
+
+    def get(self, key: Hashable) -> PartitionWatermark | None:
+        """The current watermark of a partition, or None if it is not assigned."""
+        return self._partitions.get(key)
+
+    def forget(self, keys: Iterable[Hashable]) -> None:
+        """Stop tracking partitions; late results for them find no watermark and are dropped."""
+        for key in keys:
+            self._partitions.pop(key, None)
+
+    def uncommitted(self) -> dict[Hashable, int]:
+        """Every partition whose position moved past its last commit."""
+        moved = {}
+        for key, watermark in self._partitions.items():
+            position = watermark.uncommitted()
+            if position is not None:
+                moved[key] = position
+        return moved
+
+    def in_flight(self) -> int:
+        """Records in flight over all partitions."""
+        return sum(w.in_flight for w in self._partitions.values())
+
+    def items(self) -> list[tuple[Hashable, PartitionWatermark]]:
+        """A snapshot of (partition, watermark) pairs."""
+        return list(self._partitions.items())

@@ -1,0 +1,127 @@
+"""Prometheus metrics of one sidecar process (namespace ``tagging_sidecar``).
+
+Every metric is documented in the README's Metrics section; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NAMESPACE = "tagging_sidecar"
+
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """All metrics, registered in ``registry`` (a private one per instance by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ns = NAMESPACE
+        self.records_consumed = Counter(
+            "records_consumed", "Records read from Kafka.", namespace=ns, registry=r
+        )
+        self.records_forwarded = Counter(
+            "records_forwarded",
+            "Records acknowledged by the gRPC service.",
+            namespace=ns,
+            registry=r,
+        )
+        self.records_failed = Counter(
+            "records_failed",
+            "Records that could not be decoded or were rejected, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.records_retried = Counter(
+            "records_retried",
+            "Records sent again after a retryable gRPC failure.",
+            namespace=ns,
+            registry=r,
+        )
+        self.records_dead_lettered = Counter(
+            "records_dead_lettered",
+            "Records written to the dead-letter topic, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "batch_size_records",
+            "Records per gRPC call.",
+            namespace=ns,
+            registry=r,
+            buckets=_BATCH_BUCKETS,
+        )
+        self.rpc_duration = Histogram(
+            "rpc_duration_seconds",
+            "Duration of one client-streaming call, by final status code.",
+            ["code"],
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.workers_active = Gauge(
+            "workers_active", "Pool workers running.", namespace=ns, registry=r
+        )
+        self.workers_wanted = Gauge(
+            "workers_wanted", "Pool workers the backlog calls for.", namespace=ns, registry=r
+        )
+        self.pool_backlog = Gauge(
+            "pool_backlog_records",
+            "Records queued in the pool, not yet taken by a worker.",
+            namespace=ns,
+            registry=r,
+        )
+        self.pool_scale_events = Counter(
+            "pool_scale_events",
+            "Workers started (up) and stopped (down).",
+            ["direction"],
+            namespace=ns,
+            registry=r,
+        )
+        self.inflight_records = Gauge(
+            "inflight_records",
+            "Records consumed and not yet delivered or dead-lettered.",
+            namespace=ns,
+            registry=r,
+        )
+        self.inflight_bytes = Gauge(
+            "inflight_bytes", "Bytes of the in-flight records.", namespace=ns, registry=r
+        )
+        self.commit_duration = Histogram(
+            "commit_duration_seconds",
+            "Duration of offset commits.",
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.commit_failures = Counter(
+            "commit_failures", "Offset commits that failed.", namespace=ns, registry=r
+        )
+        self.committed_offset = Gauge(
+            "committed_offset",
+            "Last committed offset (next offset to read), per partition.",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_records",
+            "Log-end offset minus committed offset, per partition.",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.partitions_paused = Gauge(
+            "partitions_paused", "Assigned partitions currently paused.", namespace=ns, registry=r
+        )
+        self.watermark_stalled = Gauge(
+            "watermark_stalled_seconds",
+            "Seconds since the commit watermark last moved while records were in flight.",
+            namespace=ns,
+            registry=r,
+        )

@@ -1,0 +1,11 @@
+"""The adaptive worker pool: a library with no knowledge of Kafka or gRPC.
+
+Items go in with :meth:`WorkerPool.dispatch` (or :meth:`WorkerPool.offer`), batches go out to
+per-worker :class:`Dispatcher` objects, and results come back through a callback.
+"""
+
+from tagging_sidecar.pool.dispatcher import Dispatcher, EndOfWork, Rejected
+from tagging_sidecar.pool.policy import ScalingPolicy
+from tagging_sidecar.pool.pool import PoolStats, WorkerPool
+
+__all__ = ["Dispatcher", "EndOfWork", "PoolStats", "Rejected", "ScalingPolicy", "WorkerPool"]
