@@ -1,0 +1,199 @@
+"""A real single-node Apache Kafka broker for tests, driven by ``scripts/kafka-local``.
+
+The broker (KRaft, combined broker+controller, 127.0.0.1 only) keeps its
+config, data and logs in one directory, so it can be stopped -- gracefully or
+with SIGKILL -- and restarted on the same address with its topics and committed
+offsets intact. That is what fault-injection tests need.
+
+Example::
+
+    kafka = LocalKafka(tmp_path / "kafka")
+    bootstrap = kafka.start()
+    try:
+        create_topic(bootstrap, "records", partitions=3)
+        ...
+        kafka.restart(kill=True)
+    finally:
+        kafka.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+# The documented public path is confluent_kafka.admin.NewTopic, but that module
+# does not re-export it explicitly, so mypy --strict rejects it; cimpl defines it.
+from confluent_kafka.cimpl import NewTopic
+
+__all__ = ["KAFKA_LOCAL", "REPO_ROOT", "KafkaLocalError", "LocalKafka", "create_topic"]
+
+REPO_ROOT: Path = Path(__file__).resolve().parents[2]
+"""Root of the repository (``tests/support/`` is two levels below it)."""
+
+KAFKA_LOCAL: Path = REPO_ROOT / "scripts" / "kafka-local"
+"""The shell script that fetches, starts and stops the broker."""
+
+# First start may download the broker jars (~45 MB) with Maven.
+_START_TIMEOUT_S = 600.0
+_STOP_TIMEOUT_S = 90.0
+
+
+class KafkaLocalError(RuntimeError):
+    """``scripts/kafka-local`` failed; the message carries its stderr (and the broker log tail)."""
+
+
+class LocalKafka:
+    """One local Kafka broker whose config, data and logs live in ``dir``.
+
+    ``dir`` is created if missing. The first :meth:`start` formats it; later
+    starts reuse its data and its port, so the bootstrap address stays the
+    same across :meth:`stop` / :meth:`start` and :meth:`restart`.
+
+    Usable as a context manager: ``with LocalKafka(d) as bootstrap: ...``
+    starts the broker and always stops it on exit.
+    """
+
+    def __init__(self, dir: Path, port: int | None = None) -> None:
+        """Describe a broker in ``dir``; ``port`` pins the broker port on the first start."""
+        self.dir: Path = Path(dir).resolve()
+        self._port = port
+        self._bootstrap: str | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The ``127.0.0.1:PORT`` bootstrap address; raises if the broker was never started."""
+        if self._bootstrap is None:
+            saved = self.dir / "port"
+            if saved.is_file():
+                return f"127.0.0.1:{saved.read_text().strip()}"
+            raise KafkaLocalError(f"broker in {self.dir} has not been started")
+        return self._bootstrap
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's log4j log file."""
+        return self.dir / "kafka.log"
+
+    def start(self) -> str:
+        """Start the broker (no-op if already running), wait until it is ready, return bootstrap."""
+        args = ["start", "--dir", str(self.dir)]
+        if self._port is not None:
+            args += ["--port", str(self._port)]
+        try:
+            out = self._run(args, timeout=_START_TIMEOUT_S).strip()
+        except KafkaLocalError:
+            # The script may have been cut off after launching the JVM: don't leak it.
+            with contextlib.suppress(KafkaLocalError):
+                self.stop(kill=True)
+            raise
+        if not out.startswith("127.0.0.1:"):
+            raise KafkaLocalError(f"unexpected output from kafka-local start: {out!r}")
+        self._bootstrap = out
+        return out
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the broker with SIGTERM (controlled shutdown), or SIGKILL if ``kill``.
+
+        A no-op if it is not running. A SIGTERM'd broker still alive after 30 s is killed.
+        """
+        args = ["stop", "--dir", str(self.dir)]
+        if kill:
+            args.append("--kill")
+        self._run(args, timeout=_STOP_TIMEOUT_S)
+
+    def restart(self, kill: bool = False) -> str:
+        """Stop (SIGKILL if ``kill``) and start again on the same address; return bootstrap."""
+        self.stop(kill=kill)
+        return self.start()
+
+    def is_running(self) -> bool:
+        """Whether the broker process is alive and its port accepts connections."""
+        proc = subprocess.run(
+            [str(KAFKA_LOCAL), "status", "--dir", str(self.dir)],
+            capture_output=True,
+            text=True,
+            timeout=_STOP_TIMEOUT_S,
+            check=False,
+        )
+        return proc.returncode == 0
+
+    def __enter__(self) -> str:
+        """Start the broker and return its bootstrap address."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the broker."""
+        self.stop()
+
+    def _run(self, args: list[str], timeout: float) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = subprocess.run(
+                [str(KAFKA_LOCAL), *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise KafkaLocalError(f"kafka-local {' '.join(args)} timed out after {timeout}s") from e
+        if proc.returncode != 0:
+            raise KafkaLocalError(
+                f"kafka-local {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
+            )
+        return proc.stdout
+
+
+def create_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    replication_factor: int = 1,
+    timeout: float = 30.0,
+) -> None:
+    """Create topic ``name`` and wait until every partition has a leader.
+
+    Raises :class:`confluent_kafka.KafkaException` if creation fails (including
+    when the topic already exists) and :class:`TimeoutError` if the partitions
+    do not all get a leader within ``timeout`` seconds.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    futures[name].result(timeout=timeout)
+
+    # CreateTopics returns once the controller committed the topic; wait until
+    # the broker's metadata shows it with a leader for every partition.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            md = admin.list_topics(topic=name, timeout=max(1.0, deadline - time.monotonic()))
+            topic = md.topics.get(name)
+            if (
+                topic is not None
+                and topic.error is None
+                and len(topic.partitions) == partitions
+                and all(p.leader >= 0 for p in topic.partitions.values())
+            ):
+                return
+        except KafkaException:
+            pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"topic {name!r} not ready on {bootstrap} after {timeout}s")
+        time.sleep(0.1)
