@@ -1,4 +1,4 @@
-"""The ``tagging-sidecar`` command: run, sink, produce, check-config, bench."""
+"""The ``tagging-sidecar`` command: run, sink, produce, check-config."""
 
 from __future__ import annotations
 
@@ -129,13 +129,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the throughput benchmark (see bench/README)."""
-    from tagging_sidecar.benchmark import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -184,9 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     produce.set_defaults(func=cmd_produce)
 
-    bench = sub.add_parser("bench", help="run the throughput benchmark")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -309,7 +309,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(problems + _problem_lines(exc)) from None
+        reported = {line.split(":", 1)[0] for line in problems}
+        extra = [line for line in _problem_lines(exc) if line.split(":", 1)[0] not in reported]
+        raise ConfigError(problems + extra) from None
     if problems:
         raise ConfigError(problems)
     return settings

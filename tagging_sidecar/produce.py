@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from google.protobuf import json_format
 
 from tagging_sidecar.config import InputFormat
@@ -51,7 +52,7 @@ def ensure_topic(config: dict[str, Any], topic: str, partitions: int, timeout: f
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)])
     try:
         futures[topic].result(timeout)
-    except Exception as exc:  # noqa: BLE001 - a concurrent create is fine
+    except Exception as exc:  # a concurrent create is fine, anything else is raised
         error = exc.args[0] if exc.args else None
         if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
             raise
@@ -61,6 +62,7 @@ def produce(
     config: dict[str, Any],
     topic: str,
     count: int,
+    *,
     rate: float = 0.0,
     fmt: InputFormat = InputFormat.PROTOBUF,
     run_id: str | None = None,

@@ -14,7 +14,9 @@ from tagging_sidecar.kafka.records import Record
 DeadLetterDone = Callable[[Record, KafkaError | None], None]
 
 
-def dead_letter_headers(record: Record, error: BaseException) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    record: Record, error: BaseException
+) -> list[tuple[str, str | bytes | None]]:
     """Headers that say where a dead letter came from and why (never the payload)."""
     return [
         ("tagging.original.topic", record.topic.encode()),

@@ -33,7 +33,7 @@ class PartitionWatermark:
         self._pending.append(offset)
 
     def done(self, offset: int) -> None:
-        """Record that a tracked ``offset`` was delivered (or dead-lettered); call once per offset."""
+        """Record that a tracked ``offset`` needs no more work; call once per offset."""
         pending = self._pending
         if not pending or offset < pending[0]:
             return

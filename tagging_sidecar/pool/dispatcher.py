@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 R = TypeVar("R")
-R_contra = TypeVar("R_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +25,13 @@ class EndOfWork(Exception):
     """
 
 
-class Dispatcher(Protocol[R_contra]):
+class Dispatcher(Protocol[R]):
     """One worker's connection to wherever items go. A pool makes one per worker slot."""
 
     def before(self) -> None:
         """Get ready to process (open a connection). Raising makes the pool retry with backoff."""
 
-    def process(self, batch: Sequence[R_contra]) -> Sequence[Rejected[R_contra]]:  # type: ignore[misc]
+    def process(self, batch: Sequence[R]) -> Sequence[Rejected[R]]:
         """Deliver ``batch`` in order. Return the items given up on (empty if all were delivered).
 
         Raising an exception rejects the whole batch with it; raising :class:`EndOfWork` ends the

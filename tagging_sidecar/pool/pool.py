@@ -244,11 +244,11 @@ class WorkerPool(Generic[R]):
                 return slot if self._fits(slot, weight, limit) else None
         best: _Slot[R] | None = None
         for slot in self._slots:
-            if slot.active and not slot.leaving and self._fits(slot, weight, limit):
-                if best is None or slot.load < best.load:
-                    best = slot
-                    if slot.load == 0:
-                        break
+            usable = slot.active and not slot.leaving and self._fits(slot, weight, limit)
+            if usable and (best is None or slot.load < best.load):
+                best = slot
+                if slot.load == 0:
+                    break
         if best is None or best.load > 0:
             wanted = self._policy.wanted(self._backlog + weight)
             if self._active < wanted:
@@ -372,7 +372,7 @@ class WorkerPool(Generic[R]):
                     return None
                 remaining = policy.idle_timeout - idle_for
                 slot.wakeup.wait(remaining if remaining > 0 else policy.idle_timeout)
-            batch = []
+            batch: list[_Entry[R]] = []
             weight = 0
             while slot.queue and (not batch or weight + slot.queue[0].weight <= self._max_batch):
                 entry = slot.queue.popleft()

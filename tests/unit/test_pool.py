@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ class Results:
 def make_pool(
     recorder: Recorder,
     policy: ScalingPolicy,
-    clock: FakeClock | None = None,
+    clock: Callable[[], float] | None = None,
     results: Results | None = None,
 ) -> tuple[WorkerPool[Any], Results]:
     results = results or Results()
@@ -38,7 +39,7 @@ def make_pool(
         lambda: RecordingDispatcher(recorder),
         results,
         policy,
-        clock=clock or FakeClock(),
+        clock=clock if clock is not None else FakeClock(),
         before_backoff=(0.001, 0.01),
     )
     pool.start()
@@ -122,7 +123,8 @@ def test_order_per_key_survives_random_completion_times(seed: int) -> None:
     recorder = Recorder()
     recorder.jitter = 0.002
     policy = ScalingPolicy(min_workers=1, max_workers=6, queue_size=12, idle_timeout=0.01)
-    pool, results = make_pool(recorder, policy, clock=None)
+    # A real clock and a tiny idle timeout: workers leave and come back during the run.
+    pool, _ = make_pool(recorder, policy, clock=time.monotonic)
     sent: dict[int, list[int]] = {}
     for i in range(600):
         key = random.randrange(10)
@@ -165,7 +167,7 @@ def test_dispatcher_ending_its_worker_loses_nothing() -> None:
     recorder = Recorder()
     recorder.end_every = 3
     policy = ScalingPolicy(min_workers=1, max_workers=2, queue_size=4)
-    pool, results = make_pool(recorder, policy)
+    pool, _ = make_pool(recorder, policy)
     for i in range(100):
         pool.dispatch(i, key=i % 2)
     assert pool.stop(drain=True, timeout=30) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -116,7 +118,7 @@ class WatermarkMachine(RuleBasedStateMachine):
     @invariant()
     def commits_never_decrease(self) -> None:
         history = self.committed_history
-        assert all(a < b for a, b in zip(history, history[1:], strict=False))
+        assert all(a < b for a, b in itertools.pairwise(history))
 
     @invariant()
     def in_flight_count_matches(self) -> None:

@@ -1,0 +1,77 @@
+"""Record values -> Tagging wire bytes."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import json_format
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tagging_sidecar.config import InputFormat
+from tagging_sidecar.contract.tagging.v1.tagging_pb2 import Tagging
+from tagging_sidecar.decode import decode_json, decode_protobuf, decoder_for
+from tagging_sidecar.errors import DecodeError
+
+
+def sample(record_id: str = "r-1") -> Tagging:
+    record = Tagging(id=record_id, subject="user:1", metric="clicks", value=2.5)
+    record.labels["region"] = "eu"
+    record.tags.append("demo")
+    record.event_time.FromSeconds(1_700_000_000)
+    return record
+
+
+def test_protobuf_passes_the_original_bytes_through() -> None:
+    raw = sample().SerializeToString()
+    assert decode_protobuf(raw) is raw
+
+
+def test_json_becomes_the_same_wire_bytes() -> None:
+    record = sample()
+    text = json_format.MessageToJson(record).encode()
+    assert Tagging.FromString(decode_json(text)) == record
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"\xff\xff\xff", "not a serialized"),
+        (Tagging(subject="no id").SerializeToString(), "id is empty"),
+    ],
+)
+def test_bad_protobuf_is_a_clear_error(value: bytes | None, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode_protobuf(value)
+
+
+@pytest.mark.parametrize(
+    "value", [b"{not json", b'{"id": "x", "value": "many"}', b'{"id": 1, "nosuch": 2}', b"\xff"]
+)
+def test_bad_json_is_a_clear_error_without_the_payload(value: bytes) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_json(value)
+    assert "many" not in str(caught.value)
+    assert "nosuch" not in str(caught.value)
+
+
+def test_size_limit_applies_to_the_forwarded_bytes() -> None:
+    decode = decoder_for(InputFormat.PROTOBUF, max_bytes=80)
+    big = sample()
+    big.labels["pad"] = "x" * 100
+    with pytest.raises(DecodeError, match="exceeds the limit of 80"):
+        decode(big.SerializeToString())
+    assert decode(sample().SerializeToString())
+
+
+@given(
+    record_id=st.text(min_size=1, max_size=20),
+    value=st.floats(allow_nan=False, allow_infinity=False),
+    labels=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4),
+)
+def test_json_and_protobuf_agree(record_id: str, value: float, labels: dict[str, str]) -> None:
+    record = Tagging(id=record_id, value=value, labels=labels)
+    from_json = decode_json(json_format.MessageToJson(record).encode())
+    from_proto = decode_protobuf(record.SerializeToString())
+    assert Tagging.FromString(from_json) == Tagging.FromString(from_proto) == record
