@@ -91,7 +91,9 @@ def read_ids(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2) -> None:
+def eventually(
+    predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2
+) -> None:
     """Wait for something another process will do; fail if it never happens."""
     deadline = time.monotonic() + timeout
     while not predicate():

