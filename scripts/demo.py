@@ -143,7 +143,9 @@ def main() -> int:
                 print("!! the sidecar exited early; see .demo/sidecar.log")
                 return 1
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{http_port}/metrics", timeout=2
+                ) as r:
                     text = r.read().decode()
             except OSError:
                 continue

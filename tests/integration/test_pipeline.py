@@ -105,7 +105,7 @@ def test_poison_pill_goes_to_the_dead_letter_topic_with_headers(
     consumer.close()
     assert len(messages) == 1
     assert messages[0].value() == values[7][1]
-    headers = {k: v for k, v in messages[0].headers() or []}
+    headers = dict(messages[0].headers() or [])
     assert headers["tagging.original.topic"] == topic.encode()
     assert headers["tagging.original.partition"] == b"0"
     assert headers["tagging.original.offset"] == b"7"
