@@ -163,6 +163,8 @@ def test_sink_and_producer_commands(services: dict[str, dict[str, Any]]) -> None
         "0.0.0.0:50051",
         "--summary-interval",
         "5",
+        "--log-format",
+        "console",
     ]
     producer = services["producer"]["command"]
     assert producer[0] == "produce"
@@ -172,6 +174,7 @@ def test_sink_and_producer_commands(services: dict[str, dict[str, Any]]) -> None
         "--topic": "tagging",
         "--count": "100000",
         "--rate": "5000",
+        "--log-format": "console",
     }
     assert services["producer"]["profiles"] == ["load"]
     assert services["sidecar"]["command"] == ["run"]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import shutil
+import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +187,59 @@ def test_dockerignore_excludes(path: str) -> None:
 )
 def test_dockerignore_keeps_build_inputs(path: str) -> None:
     assert not _docker_ignored(path), path
+
+
+def _build_context(dest: Path) -> list[str]:
+    """Copy what `docker build .` would send (after .dockerignore) into dest."""
+    sent: list[str] = []
+    for root, dirs, files in os.walk(REPO_ROOT):
+        rel_root = Path(root).relative_to(REPO_ROOT)
+        dirs[:] = [d for d in dirs if not _docker_ignored(str(rel_root / d))]
+        for name in files:
+            rel = str(rel_root / name) if str(rel_root) != "." else name
+            if _docker_ignored(rel):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / rel, target)
+            sent.append(rel)
+    return sent
+
+
+def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
+    """The builder stage's `pip wheel .` succeeds on exactly the files Docker would send."""
+    context = tmp_path / "context"
+    sent = _build_context(context)
+    assert "pyproject.toml" in sent
+    assert not [p for p in sent if p.startswith(("tests/", ".venv/", ".git/", "charts/"))]
+    isolation = (
+        ["--no-build-isolation"]
+        if importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")
+        else []
+    )
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            *isolation,
+            "-w",
+            str(tmp_path / "out"),
+            str(context),
+        ],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [wheel] = list((tmp_path / "out").glob("tagging_sidecar-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = zf.read(entry_points).decode()
+    assert "tagging_sidecar/cli.py" in names
+    assert "tagging_sidecar/py.typed" in names
+    assert re.search(r"^tagging-sidecar = tagging_sidecar\.cli:main$", scripts, re.MULTILINE)
 
 
 def test_dockerignore_lists_required_entries() -> None:

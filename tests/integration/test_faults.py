@@ -1,0 +1,342 @@
+"""The fault suite: crashes, restarts, scaling, a failing downstream and a failing broker.
+
+Every scenario checks its outcome from what the sink recorded and from the group's committed
+offsets, and watches that committed offsets never go backwards.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tagging_sidecar.produce import produce
+from tagging_sidecar.sink import SinkServer
+
+from ..support.kafka_broker import LocalKafka, create_topic
+from ..support.monitor import OffsetMonitor
+from ..support.sidecar import SidecarProcess, eventually, offsets, read_ids, sidecar_env
+
+pytestmark = pytest.mark.integration
+
+MAX_WORKERS = 4
+QUEUE_SIZE = 32
+CONSUME_BATCH = 100
+COMMIT_INTERVAL = 0.2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fault_env(
+    bootstrap: str, topic: str, group: str, sink_port: int, **extra: str
+) -> dict[str, str]:
+    return sidecar_env(
+        bootstrap,
+        topic,
+        group,
+        f"127.0.0.1:{sink_port}",
+        POOL__MAX_WORKERS=str(MAX_WORKERS),
+        POOL__QUEUE_SIZE=str(QUEUE_SIZE),
+        KAFKA__CONSUME_BATCH_SIZE=str(CONSUME_BATCH),
+        KAFKA__COMMIT_INTERVAL=str(COMMIT_INTERVAL),
+        GRPC__RETRY_MAX_BACKOFF="0.5",
+        **extra,
+    )
+
+
+class BackgroundProducer:
+    """Produces ``count`` records at ``rate`` per second on a thread; ``ids`` when done."""
+
+    def __init__(self, bootstrap: str, topic: str, count: int, rate: float) -> None:
+        self.ids: list[str] = []
+        self._args = (bootstrap, topic, count, rate)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        bootstrap, topic, count, rate = self._args
+        self.ids = produce({"bootstrap.servers": bootstrap}, topic, count, rate=rate)
+
+    def join(self) -> list[str]:
+        self._thread.join(300)
+        assert self.ids, "producer did not finish"
+        return self.ids
+
+
+def all_received(path: Path, ids: list[str]) -> Callable[[], bool]:
+    wanted = set(ids)
+    return lambda: wanted <= set(read_ids(path))
+
+
+def all_committed(bootstrap: str, group: str, topic: str, partitions: int) -> Callable[[], bool]:
+    def check() -> bool:
+        committed, ends = offsets(bootstrap, group, topic, partitions)
+        return committed == ends
+
+    return check
+
+
+def in_flight_capacity() -> int:
+    # Waiting in the pool + one batch in each worker's hands + one consume() batch pending.
+    return MAX_WORKERS * QUEUE_SIZE * 2 + CONSUME_BATCH
+
+
+def test_sigkill_three_times_loses_nothing_and_duplicates_stay_within_the_bound(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(3)
+    rate = 1500.0
+    received = tmp_path / "received.txt"
+    env = fault_env(kafka_bootstrap, topic, group_id, sink.port)
+    with OffsetMonitor(kafka_bootstrap, group_id, topic, 3) as monitor:
+        producer = BackgroundProducer(kafka_bootstrap, topic, 15_000, rate)
+        for attempt in range(3):
+            sidecar = SidecarProcess(env, tmp_path / f"sidecar-{attempt}.log")
+            before = len(read_ids(received))
+            eventually(lambda b=before: len(read_ids(received)) > b + 1500, timeout=120)
+            sidecar.kill()
+        ids = producer.join()
+        sidecar = SidecarProcess(env, tmp_path / "sidecar-final.log")
+        eventually(all_received(received, ids), timeout=180)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
+        assert sidecar.terminate() == 0
+    got = read_ids(received)
+    assert set(ids) <= set(got)
+    duplicates = len(got) - len(set(got))
+    # The README's bound per unclean stop: records acknowledged during one commit interval
+    # (plus a commit round trip) and everything that can be in flight.
+    bound_per_crash = rate * (COMMIT_INTERVAL + 0.5) + in_flight_capacity()
+    assert duplicates <= 3 * bound_per_crash, duplicates
+    assert monitor.regressions == []
+    assert monitor.samples > 0
+
+
+def test_sigterm_then_restart_delivers_everything_exactly_once(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(3)
+    received = tmp_path / "received.txt"
+    sink.faults.delay = 0.005  # slow enough to stop it half way
+    ids = produce({"bootstrap.servers": kafka_bootstrap}, topic, 8000)
+    env = fault_env(kafka_bootstrap, topic, group_id, sink.port)
+    with OffsetMonitor(kafka_bootstrap, group_id, topic, 3) as monitor:
+        first = SidecarProcess(env, tmp_path / "first.log")
+        eventually(lambda: len(read_ids(received)) > 2000, timeout=120)
+        assert first.terminate() == 0
+        assert len(set(read_ids(received))) < len(ids)  # it really stopped half way
+        second = SidecarProcess(env, tmp_path / "second.log")
+        eventually(all_received(received, ids), timeout=180)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
+        assert second.terminate() == 0
+    got = read_ids(received)
+    assert Counter(got).most_common(1)[0][1] == 1  # no duplicates after a clean stop
+    assert set(got) == set(ids)
+    assert monitor.regressions == []
+
+
+def test_scaling_one_to_three_to_one_process_loses_nothing(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(6)
+    received = tmp_path / "received.txt"
+    env = fault_env(kafka_bootstrap, topic, group_id, sink.port)
+    with OffsetMonitor(kafka_bootstrap, group_id, topic, 6) as monitor:
+        producer = BackgroundProducer(kafka_bootstrap, topic, 12_000, 1500)
+        first = SidecarProcess(env, tmp_path / "s0.log")
+        eventually(lambda: len(read_ids(received)) > 1000, timeout=120)
+        extra = [SidecarProcess(env, tmp_path / f"s{i}.log") for i in (1, 2)]
+        eventually(lambda: all("partitions assigned" in p.log() for p in extra), timeout=60)
+        mark = len(read_ids(received))
+        eventually(lambda: len(read_ids(received)) > mark + 2000, timeout=120)
+        for process in extra:
+            assert process.terminate() == 0
+        ids = producer.join()
+        eventually(all_received(received, ids), timeout=180)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 6), timeout=60)
+        assert first.terminate() == 0
+    got = read_ids(received)
+    assert set(got) == set(ids)
+    assert monitor.regressions == []
+    # Revoked partitions were drained and committed before they moved: nothing read twice.
+    assert len(got) == len(set(got))
+
+
+def _http(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+@pytest.fixture
+def sink_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def restartable_sink(sink_port: int, tmp_path: Path) -> Iterator[list[SinkServer]]:
+    """A sink on a fixed port that a test can stop and start again (same record file)."""
+    servers = [SinkServer(f"127.0.0.1:{sink_port}", record_path=tmp_path / "received.txt")]
+    servers[0].start()
+    yield servers
+    servers[-1].stop(grace=0.5)
+
+
+def test_sink_down_longer_than_max_poll_interval_pauses_without_rebalance(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    restartable_sink: list[SinkServer],
+    sink_port: int,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(3)
+    received = tmp_path / "received.txt"
+    http_port = free_port()
+    env = fault_env(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        sink_port,
+        HTTP__PORT=str(http_port),
+        KAFKA__PROPERTIES='{"session.timeout.ms": 6000, "max.poll.interval.ms": 8000}',
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    with OffsetMonitor(kafka_bootstrap, group_id, topic, 3) as monitor:
+        producer = BackgroundProducer(kafka_bootstrap, topic, 20_000, 800)
+        sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
+        eventually(lambda: _http(base + "/readyz")[0] == 200, timeout=60)
+        eventually(lambda: len(read_ids(received)) > 1000, timeout=60)
+        restartable_sink[0].stop(grace=0)
+        outage_started = time.monotonic()
+        eventually(lambda: _http(base + "/readyz")[0] == 503, timeout=30)
+        status, why = _http(base + "/readyz")
+        assert "gRPC downstream" in why
+        eventually(lambda: _metric(_http(base + "/metrics")[1],
+                                   "tagging_sidecar_partitions_paused") == 3, timeout=30)  # fmt: skip
+        assert _http(base + "/livez")[0] == 200  # still polling: alive, just not ready
+        time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
+        restartable_sink.append(SinkServer(f"127.0.0.1:{sink_port}", record_path=received))
+        restartable_sink[-1].start()
+        eventually(lambda: _http(base + "/readyz")[0] == 200, timeout=60)
+        ids = producer.join()
+        eventually(all_received(received, ids), timeout=180)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
+        assert _metric(_http(base + "/metrics")[1], "tagging_sidecar_partitions_paused") == 0
+        assert sidecar.terminate() == 0
+    log = sidecar.log()
+    assert log.count('"partitions assigned"') == 1, "the outage caused a rebalance"
+    assert "partitions revoked" not in log.split('"signal received')[0]
+    assert monitor.regressions == []
+
+
+def test_hanging_sink_hits_deadlines_and_recovers(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(2)
+    received = tmp_path / "received.txt"
+    ids = produce({"bootstrap.servers": kafka_bootstrap}, topic, 3000)
+    sink.faults.hang = True
+    env = fault_env(kafka_bootstrap, topic, group_id, sink.port, GRPC__TIMEOUT="1")
+    sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
+    eventually(lambda: "DEADLINE_EXCEEDED" in sidecar.log(), timeout=60)
+    assert read_ids(received) == []
+    sink.faults.hang = False
+    eventually(all_received(received, ids), timeout=120)
+    eventually(all_committed(kafka_bootstrap, group_id, topic, 2), timeout=60)
+    assert sidecar.terminate() == 0
+
+
+def test_slow_sink_applies_backpressure_with_bounded_memory(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(3)
+    received = tmp_path / "received.txt"
+    ids = produce({"bootstrap.servers": kafka_bootstrap}, topic, 20_000)
+    sink.faults.delay = 0.05
+    http_port = free_port()
+    env = fault_env(kafka_bootstrap, topic, group_id, sink.port, HTTP__PORT=str(http_port))
+    sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
+    metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+    peak_in_flight = 0.0
+    paused_seen = False
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, text = _http(metrics_url)
+        if status == 200:
+            peak_in_flight = max(peak_in_flight, _metric(text, "tagging_sidecar_inflight_records"))
+            paused_seen |= _metric(text, "tagging_sidecar_partitions_paused") > 0
+        time.sleep(0.2)
+    assert paused_seen, "a slow sink should make the consumer pause"
+    assert 0 < peak_in_flight <= in_flight_capacity()
+    sink.faults.delay = 0
+    eventually(all_received(received, ids), timeout=120)
+    eventually(all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
+    assert sidecar.terminate() == 0
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    sink: SinkServer, tmp_path: Path, group_id: str
+) -> None:
+    broker = LocalKafka(tmp_path / "own-kafka")
+    bootstrap = broker.start()
+    try:
+        topic = "restart-me"
+        create_topic(bootstrap, topic, 3)
+        received = tmp_path / "received.txt"
+        env = fault_env(bootstrap, topic, group_id, sink.port)
+        first = produce({"bootstrap.servers": bootstrap}, topic, 4000, run_id="before")
+        with OffsetMonitor(bootstrap, group_id, topic, 3) as monitor:
+            sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
+            eventually(lambda: len(read_ids(received)) > 500, timeout=60)
+            broker.stop()
+            time.sleep(3)
+            broker.start()
+            second = produce({"bootstrap.servers": bootstrap}, topic, 4000, run_id="after")
+            eventually(all_received(received, first + second), timeout=180)
+            eventually(all_committed(bootstrap, group_id, topic, 3), timeout=90)
+            assert sidecar.terminate() == 0
+        assert monitor.regressions == []
+    finally:
+        broker.stop()
