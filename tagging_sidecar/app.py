@@ -196,7 +196,7 @@ class Sidecar:
         self._apply_completions()
         if self._pending:
             self._flush_pending()
-        if self._pending:
+        if self._pending or self._inflight_bytes >= self.settings.pool.max_inflight_bytes:
             self._pause_for_backpressure()
             pool.wait_for_space(0.1)
             messages = consumer.consume(self.settings.kafka.consume_batch_size, 0)

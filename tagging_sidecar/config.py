@@ -204,6 +204,9 @@ class PoolSettings(_Section):
         default=30.0, gt=0, description="seconds idle before a worker stops"
     )
     ordering: Ordering = Ordering.KEY
+    max_inflight_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="payload bytes in flight before pausing"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PoolSettings:

