@@ -15,6 +15,11 @@ Example::
         kafka.restart(kill=True)
     finally:
         kafka.stop()
+
+``LocalKafka(dir, sasl=True)`` adds a SASL_PLAINTEXT listener (PLAIN and SCRAM-SHA-512, one
+test user): :attr:`LocalKafka.sasl_bootstrap`, :attr:`LocalKafka.sasl_username` and
+:attr:`LocalKafka.sasl_password` describe it, while :attr:`LocalKafka.bootstrap` stays the
+unauthenticated listener (handy for producing test records and reading offsets).
 """
 
 from __future__ import annotations
@@ -60,10 +65,15 @@ class LocalKafka:
     starts the broker and always stops it on exit.
     """
 
-    def __init__(self, dir: Path, port: int | None = None) -> None:
-        """Describe a broker in ``dir``; ``port`` pins the broker port on the first start."""
+    def __init__(self, dir: Path, port: int | None = None, sasl: bool = False) -> None:
+        """Describe a broker in ``dir``; ``port`` pins the broker port on the first start.
+
+        ``sasl`` starts it with ``kafka-local start --sasl`` (a second, SASL_PLAINTEXT listener);
+        it must be set from the first start on, because SCRAM users are created at format time.
+        """
         self.dir: Path = Path(dir).resolve()
         self._port = port
+        self._sasl = sasl
         self._bootstrap: str | None = None
 
     @property
@@ -77,6 +87,29 @@ class LocalKafka:
         return self._bootstrap
 
     @property
+    def sasl_bootstrap(self) -> str:
+        """The ``127.0.0.1:PORT`` address of the SASL_PLAINTEXT listener (``sasl=True`` only)."""
+        if not self._sasl:
+            raise KafkaLocalError(f"broker in {self.dir} was not started with sasl=True")
+        return self._run(["sasl-address", "--dir", str(self.dir)], timeout=_STOP_TIMEOUT_S).strip()
+
+    @property
+    def sasl_username(self) -> str:
+        """The test user of the SASL listener (for PLAIN and SCRAM-SHA-512 alike)."""
+        return self._sasl_file("sasl-username")
+
+    @property
+    def sasl_password(self) -> str:
+        """That user's password: random per broker directory, test-only."""
+        return self._sasl_file("sasl-password")
+
+    def _sasl_file(self, name: str) -> str:
+        path = self.dir / name
+        if not self._sasl or not path.is_file():
+            raise KafkaLocalError(f"broker in {self.dir} has no SASL listener (use sasl=True)")
+        return path.read_text().strip()
+
+    @property
     def log_file(self) -> Path:
         """The broker's log4j log file."""
         return self.dir / "kafka.log"
@@ -86,6 +119,8 @@ class LocalKafka:
         args = ["start", "--dir", str(self.dir)]
         if self._port is not None:
             args += ["--port", str(self._port)]
+        if self._sasl:
+            args.append("--sasl")
         try:
             out = self._run(args, timeout=_START_TIMEOUT_S).strip()
         except KafkaLocalError:
