@@ -77,9 +77,12 @@ def cmd_check_config(_args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     """Run the reference Havilah server until SIGTERM/SIGINT."""
-    from tagging_sidecar.sink import Faults, SinkServer
+    from tagging_sidecar.sink import Faults, ServerTls, SinkServer
 
     configure_logging(args.log_format, "INFO")
+    tls = None
+    if args.tls_cert is not None:
+        tls = ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca)
     faults = Faults(
         fail_first=args.fail_first,
         fail_code=grpc.StatusCode[args.fail_code],
@@ -87,10 +90,16 @@ def cmd_sink(args: argparse.Namespace) -> int:
         hang=args.hang,
         reject_ids=set(filter(None, args.reject_ids.split(","))),
     )
-    sink = SinkServer(args.listen, record_path=args.record, faults=faults)
+    sink = SinkServer(args.listen, record_path=args.record, faults=faults, tls=tls)
     port = sink.start()
     host = args.listen.rsplit(":", 1)[0]
-    _log.info("sink listening", address=f"{host}:{port}", record=str(args.record or ""))
+    security = "plaintext" if tls is None else "mtls" if tls.mutual else "tls"
+    _log.info(
+        "sink listening",
+        address=f"{host}:{port}",
+        security=security,
+        record=str(args.record or ""),
+    )
     if args.port_file:
         args.port_file.write_text(f"{port}\n")
     stop = threading.Event()
@@ -129,6 +138,17 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_sink_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("sink: --tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("sink: --tls-client-ca needs --tls-cert and --tls-key")
+    for flag in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            parser.error(f"sink: --{flag.replace('_', '-')} {path} is not a readable file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -160,7 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--hang", action="store_true", help="never answer (until the deadline)")
     sink.add_argument("--reject-ids", default="", help="comma-separated ids to reject")
     sink.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
-    sink.set_defaults(func=cmd_sink)
+    sink.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate chain")
+    sink.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    sink.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates signed by this PEM CA (mutual TLS)",
+    )
+    sink.set_defaults(func=cmd_sink, check=_check_sink_args)
 
     produce = sub.add_parser("produce", help="produce demo Tagging records")
     produce.add_argument(
@@ -182,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tagging-sidecar`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(parser, args)
     code: int = args.func(args)
     return code
 

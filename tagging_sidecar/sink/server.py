@@ -3,6 +3,7 @@
 It implements both RPCs and the standard health service, counts what it receives, appends every
 received id to a file when asked (after the whole stream arrived and before it acknowledges),
 and can misbehave on purpose: fail the first N calls, answer slowly, hang, or reject records.
+It listens in plaintext, or with TLS, or with mutual TLS (client certificates required).
 """
 
 from __future__ import annotations
@@ -35,6 +36,31 @@ class Faults:
     delay: float = 0.0
     hang: bool = False
     reject_ids: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for the sink: its certificate chain and key (PEM files), and optionally the CA that
+    client certificates must chain to. With ``client_ca_file`` set, a client without a
+    certificate signed by that CA cannot connect (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @property
+    def mutual(self) -> bool:
+        """Whether client certificates are required."""
+        return self.client_ca_file is not None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """The gRPC server credentials (reads the files now)."""
+        client_ca = self.client_ca_file.read_bytes() if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
 
 
 @dataclass
@@ -74,9 +100,11 @@ class SinkServer:
         record_path: Path | None = None,
         faults: Faults | None = None,
         workers: int = 16,
+        tls: ServerTls | None = None,
     ) -> None:
         self.faults = faults or Faults()
         self.counters = Counters()
+        self.tls = tls
         self._listen = listen
         self._lock = threading.Lock()
         self._record: IO[str] | None = (
@@ -92,8 +120,11 @@ class SinkServer:
         self.port = 0
 
     def start(self) -> int:
-        """Bind and serve; return the bound port."""
-        self.port = self._server.add_insecure_port(self._listen)
+        """Bind and serve (with TLS if configured); return the bound port."""
+        if self.tls is None:
+            self.port = self._server.add_insecure_port(self._listen)
+        else:
+            self.port = self._server.add_secure_port(self._listen, self.tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot bind {self._listen}")
         self._server.start()
