@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -68,6 +69,12 @@ def _read_secret_file(path: Path | None, value: SecretStr | None, name: str) -> 
         raise ValueError(f"{name}_file {path} cannot be read: {exc.strerror}") from None
 
 
+def _filled(value: str | SecretStr | None) -> bool:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value is not None and value.strip() != ""
+
+
 class KafkaSettings(_Section):
     """Where to read from, as which group, and how to reach the brokers."""
 
@@ -87,6 +94,12 @@ class KafkaSettings(_Section):
     ssl_key_location: Path | None = None
     ssl_key_password: SecretStr | None = None
     ssl_key_password_file: Path | None = None
+    # OAUTHBEARER through OIDC client credentials: librdkafka fetches and refreshes the token.
+    sasl_oauthbearer_client_id: str | None = None
+    sasl_oauthbearer_client_secret: SecretStr | None = None
+    sasl_oauthbearer_client_secret_file: Path | None = None
+    sasl_oauthbearer_token_endpoint_url: str | None = None
+    sasl_oauthbearer_scope: str | None = None
     properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("topics", mode="before")
@@ -132,6 +145,7 @@ class KafkaSettings(_Section):
             self.sasl_username is None or self.sasl_password is None
         ):
             raise ValueError(f"sasl_username and sasl_password: required for {self.sasl_mechanism}")
+        self._check_oauthbearer()
         managed = {
             "group.id",
             "bootstrap.servers",
@@ -142,6 +156,42 @@ class KafkaSettings(_Section):
         if clash:
             raise ValueError(f"properties: {', '.join(clash)} are managed by the sidecar")
         return self
+
+    def _check_oauthbearer(self) -> None:
+        object.__setattr__(
+            self,
+            "sasl_oauthbearer_client_secret",
+            _read_secret_file(
+                self.sasl_oauthbearer_client_secret_file,
+                self.sasl_oauthbearer_client_secret,
+                "sasl_oauthbearer_client_secret",
+            ),
+        )
+        given = {
+            "sasl_oauthbearer_client_id": self.sasl_oauthbearer_client_id,
+            "sasl_oauthbearer_client_secret": self.sasl_oauthbearer_client_secret,
+            "sasl_oauthbearer_token_endpoint_url": self.sasl_oauthbearer_token_endpoint_url,
+            "sasl_oauthbearer_scope": self.sasl_oauthbearer_scope,
+        }
+        if self.sasl_mechanism != "OAUTHBEARER":
+            if any(value is not None for value in given.values()):
+                raise ValueError("sasl_oauthbearer_*: only used with sasl_mechanism=OAUTHBEARER")
+            return
+        required = ("client_id", "client_secret", "token_endpoint_url")
+        missing = [
+            f"sasl_oauthbearer_{name}"
+            for name in required
+            if not _filled(given[f"sasl_oauthbearer_{name}"])
+        ]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)}: required for OAUTHBEARER (OIDC client credentials)"
+            )
+        url = urlsplit(self.sasl_oauthbearer_token_endpoint_url or "")
+        if url.scheme not in {"https", "http"} or not url.netloc:
+            raise ValueError(
+                "sasl_oauthbearer_token_endpoint_url: must be an https:// (or http://) URL"
+            )
 
     def librdkafka_security(self) -> dict[str, str]:
         """The security part of the librdkafka configuration (contains secrets: never log it)."""
@@ -161,6 +211,19 @@ class KafkaSettings(_Section):
                 conf[key] = str(path)
         if self.ssl_key_password is not None:
             conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        if self.sasl_mechanism == "OAUTHBEARER":
+            # Validated in _check: client id, secret and token endpoint are all set.
+            assert self.sasl_oauthbearer_client_id is not None
+            assert self.sasl_oauthbearer_client_secret is not None
+            assert self.sasl_oauthbearer_token_endpoint_url is not None
+            conf["sasl.oauthbearer.method"] = "oidc"
+            conf["sasl.oauthbearer.client.id"] = self.sasl_oauthbearer_client_id
+            conf["sasl.oauthbearer.client.secret"] = (
+                self.sasl_oauthbearer_client_secret.get_secret_value()
+            )
+            conf["sasl.oauthbearer.token.endpoint.url"] = self.sasl_oauthbearer_token_endpoint_url
+            if self.sasl_oauthbearer_scope:
+                conf["sasl.oauthbearer.scope"] = self.sasl_oauthbearer_scope
         return conf
 
 

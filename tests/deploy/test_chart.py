@@ -48,7 +48,8 @@ pytestmark = pytest.mark.deploy
 
 CRD_KINDS = frozenset({"ServiceMonitor", "ScaledObject", "TriggerAuthentication"})
 K8S_VERSIONS = (K8S_MIN, str(kv_utils.latest_version()))
-SECRET_ENV = re.compile(r"(PASSWORD|SECRET|TOKEN|CREDENTIAL)")
+# Names that carry secrets (the OIDC token *endpoint* is an address, not a token).
+SECRET_ENV = re.compile(r"(PASSWORD|SECRET|TOKEN(?!_ENDPOINT_URL)|CREDENTIAL)")
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -66,6 +67,8 @@ def test_ci_values_files_present() -> None:
         "keda-values.yaml",
         "sidecar-mode-values.yaml",
         "sasl-tls-values.yaml",
+        "oauthbearer-values.yaml",
+        "oauthbearer-file-values.yaml",
         "servicemonitor-values.yaml",
     }
     assert required <= names, f"missing ci values files: {sorted(required - names)}"
@@ -206,6 +209,8 @@ def test_schema_is_strict_on_own_sections() -> None:
         (["config.shutdown.gracePeriod=-1"], "/config/shutdown/gracePeriod"),
         (["config.kafka.properties.sasl\\.password=x"], "sasl.password"),
         (["config.kafka.properties.group\\.id=other"], "group.id"),
+        (["config.kafka.sasl.oauthbearer.tokenEndpointUrl=idp/token"], "tokenEndpointUrl"),
+        (["config.kafka.sasl.oauthbearer.clientSecret.value=x"], "value"),
     ],
 )
 def test_schema_rejects_bad_values(sets: list[str], needle: str) -> None:
@@ -227,6 +232,15 @@ def test_schema_rejects_bad_values(sets: list[str], needle: str) -> None:
             "passwordSecret.name",
         ),
         (["config.kafka.sasl.mechanism=PLAIN"], "does not use SASL"),
+        (
+            [
+                "config.kafka.securityProtocol=SASL_SSL",
+                "config.kafka.sasl.mechanism=OAUTHBEARER",
+                "config.kafka.sasl.oauthbearer.clientId=svc",
+                "config.kafka.sasl.oauthbearer.tokenEndpointUrl=https://idp.example/token",
+            ],
+            "OAUTHBEARER needs config.kafka.sasl.oauthbearer.clientId, clientSecret.name",
+        ),
         (
             [
                 "config.kafka.securityProtocol=SSL",
@@ -479,6 +493,45 @@ def test_sasl_password_as_file_wiring() -> None:
     assert r.env_value("TAGGING_DLQ__TOPIC") == "tagging.dlq"
 
 
+def test_oauthbearer_secret_wiring() -> None:
+    r = render_set(CI_DIR / "oauthbearer-values.yaml")
+    env = r.env()
+    assert r.env_value("TAGGING_KAFKA__SASL_MECHANISM") == "OAUTHBEARER"
+    assert r.env_value("TAGGING_KAFKA__SASL_OAUTHBEARER_CLIENT_ID") == "tagging-sidecar"
+    assert env["TAGGING_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tagging-kafka-oidc",
+        "key": "client-secret",
+    }
+    assert r.env_value("TAGGING_KAFKA__SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL").startswith("https://")
+    assert r.env_value("TAGGING_KAFKA__SASL_OAUTHBEARER_SCOPE") == "kafka"
+    assert "TAGGING_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET_FILE" not in env
+    assert "TAGGING_KAFKA__SASL_PASSWORD" not in env
+
+
+def test_oauthbearer_secret_as_file_wiring() -> None:
+    r = render_set(CI_DIR / "oauthbearer-file-values.yaml")
+    env = r.env()
+    assert "TAGGING_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET" not in env
+    assert "TAGGING_KAFKA__SASL_OAUTHBEARER_SCOPE" not in env  # empty scope: provider default
+    path = r.env_value("TAGGING_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET_FILE")
+    assert path == "/etc/tagging-sidecar/kafka-oauth-client-secret/secret"
+    secrets = {v["secret"]["secretName"] for v in r.pod_spec["volumes"] if "secret" in v}
+    assert secrets == {"tagging-kafka-oidc"}
+
+
+def test_oauthbearer_values_render_nothing_for_other_mechanisms() -> None:
+    r = helm_template(
+        CI_DIR / "sasl-tls-values.yaml",
+        sets=[
+            "config.kafka.sasl.oauthbearer.clientId=svc",
+            "config.kafka.sasl.oauthbearer.clientSecret.name=oidc",
+            "config.kafka.sasl.oauthbearer.tokenEndpointUrl=https://idp.example/token",
+        ],
+        label="scram-with-oauth-values",
+    )
+    assert not [name for name in r.env() if "OAUTHBEARER" in name]
+
+
 def _materialise_env(r: Rendered, tmp_path: Path) -> dict[str, str]:
     """Turn the container env into what the kubelet would provide, files included."""
     mounts = {m["mountPath"]: m["name"] for m in r.container.get("volumeMounts", [])}
@@ -521,6 +574,12 @@ def test_rendered_env_loads_in_settings_model(
     if "TAGGING_KAFKA__SASL_PASSWORD_FILE" in env:
         assert settings.kafka.sasl_password is not None
         assert settings.kafka.sasl_password.get_secret_value() == "dummy-secret-from-file"
+    if "TAGGING_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET_FILE" in env:
+        secret = settings.kafka.sasl_oauthbearer_client_secret
+        assert secret is not None
+        assert secret.get_secret_value() == "dummy-secret-from-file"
+    if settings.kafka.sasl_mechanism == "OAUTHBEARER":
+        assert settings.kafka.librdkafka_security()["sasl.oauthbearer.method"] == "oidc"
 
 
 # --------------------------------------------------------------------------- autoscaling

@@ -117,6 +117,10 @@ Fail early on combinations that would only surface as a crash-looping pod.
 {{- if and (ne $k.sasl.mechanism "OAUTHBEARER") (not $k.sasl.username) (not $k.sasl.usernameSecret.name) -}}
 {{- fail "SASL needs config.kafka.sasl.username or config.kafka.sasl.usernameSecret.name" -}}
 {{- end -}}
+{{- $o := $k.sasl.oauthbearer -}}
+{{- if and (eq $k.sasl.mechanism "OAUTHBEARER") (not (and $o.clientId $o.clientSecret.name $o.tokenEndpointUrl)) -}}
+{{- fail "SASL mechanism OAUTHBEARER needs config.kafka.sasl.oauthbearer.clientId, clientSecret.name (an existing Secret) and tokenEndpointUrl" -}}
+{{- end -}}
 {{- else if $k.sasl.mechanism -}}
 {{- fail (printf "config.kafka.sasl.mechanism is set but config.kafka.securityProtocol=%s does not use SASL (use SASL_SSL or SASL_PLAINTEXT)" $k.securityProtocol) -}}
 {{- end -}}
@@ -216,6 +220,18 @@ Environment of the sidecar container: one TAGGING_* variable per setting.
 {{- if $k.sasl.passwordSecret.name }}
 {{- include "tagging-sidecar.secretEnv" (dict "env" "TAGGING_KAFKA__SASL_PASSWORD" "ref" $k.sasl.passwordSecret "dir" "/etc/tagging-sidecar/kafka-sasl-password") }}
 {{- end }}
+{{- if eq $k.sasl.mechanism "OAUTHBEARER" }}
+{{- $o := $k.sasl.oauthbearer }}
+- name: TAGGING_KAFKA__SASL_OAUTHBEARER_CLIENT_ID
+  value: {{ $o.clientId | quote }}
+{{- include "tagging-sidecar.secretEnv" (dict "env" "TAGGING_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET" "ref" $o.clientSecret "dir" "/etc/tagging-sidecar/kafka-oauth-client-secret") }}
+- name: TAGGING_KAFKA__SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL
+  value: {{ $o.tokenEndpointUrl | quote }}
+{{- if $o.scope }}
+- name: TAGGING_KAFKA__SASL_OAUTHBEARER_SCOPE
+  value: {{ $o.scope | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if $k.ssl.secretName }}
 {{- if $k.ssl.caKey }}
@@ -303,6 +319,10 @@ source of truth.
 {{- $out := list -}}
 {{- if and $k.sasl.mechanism $k.sasl.passwordSecret.name $k.sasl.passwordSecret.mountAsFile -}}
 {{- $out = append $out (dict "name" "kafka-sasl-password" "secret" $k.sasl.passwordSecret.name "path" "/etc/tagging-sidecar/kafka-sasl-password") -}}
+{{- end -}}
+{{- $oauthSecret := $k.sasl.oauthbearer.clientSecret -}}
+{{- if and (eq $k.sasl.mechanism "OAUTHBEARER") $oauthSecret.name $oauthSecret.mountAsFile -}}
+{{- $out = append $out (dict "name" "kafka-oauth-client-secret" "secret" $oauthSecret.name "path" "/etc/tagging-sidecar/kafka-oauth-client-secret") -}}
 {{- end -}}
 {{- if $k.ssl.secretName -}}
 {{- $out = append $out (dict "name" "kafka-tls" "secret" $k.ssl.secretName "path" $k.ssl.mountPath) -}}
