@@ -31,7 +31,7 @@ from tagging_sidecar.errors import (
     PoolClosed,
     SidecarError,
 )
-from tagging_sidecar.forward import CallResult, HavilahClient, open_channel
+from tagging_sidecar.forward import CallResult, HavilahClient
 from tagging_sidecar.kafka.config import consumer_config, producer_config
 from tagging_sidecar.kafka.deadletter import DeadLetterProducer, FailureRateGuard
 from tagging_sidecar.kafka.records import Chunk, Record, chunk_by_unit
@@ -44,6 +44,11 @@ from tagging_sidecar.pool import Rejected, ScalingPolicy, WorkerPool
 _log = structlog.get_logger("tagging_sidecar.app")
 
 TP = tuple[str, int]
+
+#: seconds the pool may stay full before the consumer pauses its partitions
+PAUSE_AFTER = 1.0
+#: seconds one poll may block when nothing is ready (bounds how late a rebalance is noticed)
+IDLE_POLL = 0.5
 Completion = tuple[Sequence[Chunk], Sequence[Rejected[Chunk]]]
 
 
@@ -105,6 +110,7 @@ class Sidecar:
         self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._pending: deque[tuple[Hashable, Chunk]] = deque()
         self._paused_for_backpressure = False
+        self._full_since: float | None = None
         self._paused: set[TP] = set()
         self._halted: dict[TP, str] = {}
         self._assigned: set[TP] = set()
@@ -117,7 +123,7 @@ class Sidecar:
         self._dlq: DeadLetterProducer | None = None
         self._consumer: Consumer | None = None
         self._pool: WorkerPool[Chunk] | None = None
-        self._channel: grpc.Channel | None = None
+        self._client: HavilahClient | None = None
         self._inflight_bytes = 0
         self._fatal: str | None = None
         self._seen_scale = (0, 0)
@@ -134,15 +140,14 @@ class Sidecar:
             http = HealthServer(s.http.host, s.http.port, self.health, self.metrics.registry)
             http.start()
             self.http_port = http.port
-        self._channel = open_channel(s.grpc)
-        self._channel.subscribe(self._on_channel_state, try_to_connect=True)
         client = HavilahClient(
-            self._channel,
             s.grpc,
             cancel=self._cancel,
             observe=self._observe_call,
             on_retry=self.metrics.records_retried.inc,
+            on_state=self._on_channel_state,
         )
+        self._client = client
         self._pool = WorkerPool(
             lambda: _ForwardingDispatcher(client, ready_timeout=min(5.0, s.grpc.timeout)),
             self._on_batch_done,
@@ -196,13 +201,29 @@ class Sidecar:
         self._apply_completions()
         if self._pending:
             self._flush_pending()
+        now = time.monotonic()
+        messages: list[Message] = []
         if self._pending or self._inflight_bytes >= self.settings.pool.max_inflight_bytes:
-            self._pause_for_backpressure()
-            pool.wait_for_space(0.1)
-            messages = consumer.consume(self.settings.kafka.consume_batch_size, 0)
+            if self._full_since is None:
+                self._full_since = now
+            if self._paused_for_backpressure or now - self._full_since >= PAUSE_AFTER:
+                # Saturated for a while (a slow or failing downstream): pause and keep polling,
+                # so the group keeps us while nothing moves.
+                self._pause_for_backpressure()
+                pool.wait_for_space(0.1)
+                messages = consumer.consume(self.settings.kafka.consume_batch_size, 0)
+            else:
+                # A full pool that drains is normal under load: wait for room without pausing,
+                # because pause/resume throws librdkafka's prefetched records away.
+                pool.wait_for_space(0.1)
         else:
+            self._full_since = None
             self._resume_after_backpressure()
-            messages = consumer.consume(self.settings.kafka.consume_batch_size, 0.5)
+            # consume(n, timeout) waits until it has n records or the timeout passed: take what
+            # is ready without waiting, and block (for one record) only when nothing is.
+            messages = consumer.consume(self.settings.kafka.consume_batch_size, 0)
+            if not messages:
+                messages = consumer.consume(1, IDLE_POLL)
         if messages:
             self._ingest(messages)
         if self._dlq is not None:
@@ -254,7 +275,9 @@ class Sidecar:
         self.metrics.records_consumed.inc(consumed)
         self._inflight_bytes += size
         if records:
-            self._pending.extend(chunk_by_unit(records, self.settings.pool.ordering))
+            self._pending.extend(
+                chunk_by_unit(records, self.settings.pool.ordering, self.settings.pool.max_workers)
+            )
             self._flush_pending()
 
     def _flush_pending(self, block: float | None = None) -> None:
@@ -542,8 +565,8 @@ class Sidecar:
         if consumer is not None:
             self._commit(asynchronous=False)
             consumer.close()
-        if self._channel is not None:
-            self._channel.close()
+        if self._client is not None:
+            self._client.close()
         in_flight = self._watermarks.in_flight()
         _log.info(
             "sidecar stopped",

@@ -82,7 +82,7 @@ class KafkaSettings(_Section):
     topics: Annotated[list[str], NoDecode] = Field(default_factory=list)
     group_id: str = "tagging-sidecar"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    consume_batch_size: int = Field(default=500, ge=1, le=100_000)
+    consume_batch_size: int = Field(default=2000, ge=1, le=100_000)
     commit_interval: float = Field(default=1.0, gt=0, le=60)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None

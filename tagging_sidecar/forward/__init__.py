@@ -1,5 +1,5 @@
 """Forwarding to the Havilah gRPC service; knows nothing of Kafka."""
 
-from tagging_sidecar.forward.havilah import CallResult, HavilahClient, open_channel
+from tagging_sidecar.forward.havilah import CallResult, HavilahClient
 
-__all__ = ["CallResult", "HavilahClient", "open_channel"]
+__all__ = ["CallResult", "HavilahClient"]

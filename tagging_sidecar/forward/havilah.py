@@ -10,27 +10,22 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import structlog
 
 from tagging_sidecar.config import GrpcMode, GrpcSettings
-from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
 from tagging_sidecar.errors import ForwardError, PermanentForwardError, RetryableForwardError
 from tagging_sidecar.forward.status import Outcome, classify
+from tagging_sidecar.forward.transport import AioTransport
 from tagging_sidecar.forward.wire import batch_messages
 
 _log = structlog.get_logger("tagging_sidecar.forward")
 
 SINGLE_METHOD = "/tagging.v1.Havilah/StreamMetric"
 BATCH_METHOD = "/tagging.v1.Havilah/StreamMetricBatch"
-
-
-def _identity(payload: bytes) -> bytes:
-    return payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,60 +37,37 @@ class CallResult:
     code: str
 
 
-def open_channel(settings: GrpcSettings) -> grpc.Channel:
-    """Open the (lazy) channel to the downstream, plain or TLS/mTLS as configured."""
-    options = [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        # A downstream restart should be noticed within seconds, not after the default backoff.
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 5_000),
-    ]
-    if not settings.tls:
-        return grpc.insecure_channel(settings.target, options=options)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=settings.ca_file.read_bytes() if settings.ca_file else None,
-        private_key=settings.key_file.read_bytes() if settings.key_file else None,
-        certificate_chain=settings.cert_file.read_bytes() if settings.cert_file else None,
-    )
-    return grpc.secure_channel(settings.target, credentials, options=options)
-
-
 class HavilahClient:
     """Delivers lists of serialized ``Tagging`` records; safe to share between threads."""
 
     def __init__(
         self,
-        channel: grpc.Channel,
         settings: GrpcSettings,
         cancel: threading.Event | None = None,
         observe: Callable[[CallResult], None] | None = None,
         on_retry: Callable[[int], None] | None = None,
+        on_state: Callable[[grpc.ChannelConnectivity], None] | None = None,
     ) -> None:
-        self._channel = channel
         self._settings = settings
         self._cancel = cancel or threading.Event()
         self._observe = observe
         self._on_retry = on_retry
         self._batch = settings.mode is GrpcMode.BATCH
-        method = BATCH_METHOD if self._batch else SINGLE_METHOD
-        self._call = channel.stream_unary(
-            method,
-            request_serializer=_identity,
-            response_deserializer=StreamMetricResponse.FromString,
+        self._transport = AioTransport(
+            settings, BATCH_METHOD if self._batch else SINGLE_METHOD, on_state=on_state
         )
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._transport.close()
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the channel is connected; raise RetryableForwardError on timeout."""
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
+        if not self._transport.wait_ready(timeout):
             raise RetryableForwardError(
                 f"gRPC target {self._settings.target} not reachable within {timeout:.1f} s",
                 code="UNAVAILABLE",
-            ) from None
+            )
 
     def deliver(self, payloads: Sequence[bytes]) -> list[tuple[int, ForwardError]]:
         """Deliver ``payloads`` in order; return (index, error) of each record rejected for good.
@@ -145,16 +117,16 @@ class HavilahClient:
                     raise
                 delay = min(settings.retry_max_backoff, delay * 2)
 
-    def _requests(self, payloads: Sequence[bytes]) -> Iterator[bytes]:
+    def _requests(self, payloads: Sequence[bytes]) -> list[bytes]:
         if self._batch:
-            return batch_messages(payloads, self._settings.max_message_bytes - 64)
-        return iter(payloads)
+            return list(batch_messages(payloads, self._settings.max_message_bytes - 64))
+        return list(payloads)
 
     def _send(self, payloads: Sequence[bytes]) -> None:
         started = time.perf_counter()
         code = "OK"
         try:
-            response: Any = self._call(self._requests(payloads), timeout=self._settings.timeout)
+            response = self._transport.stream(self._requests(payloads), self._settings.timeout)
         except grpc.RpcError as exc:
             status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             code = status.name

@@ -29,23 +29,34 @@ class Record:
 Chunk = list[Record]
 
 
-def ordering_unit(record: Record, ordering: Ordering) -> Hashable:
-    """The key under which records must stay in order (None: no ordering)."""
+def ordering_unit(record: Record, ordering: Ordering, lanes: int = 1) -> Hashable:
+    """The unit within which records must stay in offset order (None: no ordering).
+
+    In ``key`` mode the keys of a partition are spread over ``lanes`` lanes by hash: records of
+    one key always share a lane, so they stay in order, while a lane gathers many keys into one
+    chunk. With as many lanes as workers no parallelism is lost, and chunks stay large enough
+    to batch well even when every record has a different key. Keyless records keep the order
+    of their partition.
+    """
     if ordering is Ordering.KEY:
-        return (record.topic, record.partition, record.key)
+        if record.key is None:
+            return (record.topic, record.partition)
+        return (record.topic, record.partition, hash(record.key) % lanes)
     if ordering is Ordering.PARTITION:
         return (record.topic, record.partition)
     return None
 
 
-def chunk_by_unit(records: Iterable[Record], ordering: Ordering) -> list[tuple[Hashable, Chunk]]:
+def chunk_by_unit(
+    records: Iterable[Record], ordering: Ordering, lanes: int = 1
+) -> list[tuple[Hashable, Chunk]]:
     """Split consumed records into per-unit chunks, each in offset order.
 
     Unordered records are still grouped per partition so that a chunk is a useful batch.
     """
     chunks: dict[Hashable, Chunk] = {}
     for record in records:
-        unit = ordering_unit(record, ordering)
+        unit = ordering_unit(record, ordering, lanes)
         group = unit if unit is not None else (record.topic, record.partition)
         chunk = chunks.get(group)
         if chunk is None:

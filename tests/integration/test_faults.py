@@ -112,8 +112,12 @@ def test_sigkill_three_times_loses_nothing_and_duplicates_stay_within_the_bound(
         producer = BackgroundProducer(kafka_bootstrap, topic, 12_000, rate)
         for attempt in range(3):
             sidecar = SidecarProcess(env, tmp_path / f"sidecar-{attempt}.log")
-            before = len(read_ids(received))
-            eventually(lambda b=before: len(read_ids(received)) > b + 1500, timeout=120)
+            target = len(read_ids(received)) + 1500
+
+            def progressed(goal: int = target) -> bool:
+                return len(read_ids(received)) > goal
+
+            eventually(progressed, timeout=120)
             sidecar.kill()
         ids = producer.join()
         sidecar = SidecarProcess(env, tmp_path / "sidecar-final.log")

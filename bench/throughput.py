@@ -1,0 +1,581 @@
+"""Throughput benchmark: raw consume (R0), sink capacity (G) and the full sidecar (S), side by side.
+
+One run starts its own broker (scripts/kafka-local) and reference sink, preloads a topic, then:
+
+* R0 drains the topic with ``consume(num_messages=...)`` and does no work;
+* G pushes the same records straight to the sink with the sidecar's gRPC client and RPC mode;
+* S runs ``tagging-sidecar run`` from its first fetch until its last commit, then checks that the
+  sink received every id and that the committed offsets equal the log-end offsets;
+* L measures record latency (event time to sink receive) with the producer at half S's rate.
+
+It prints a markdown table (also written to bench/results/) and draws a PNG of throughput,
+backlog and active workers over time. Run ``make bench`` or ``python bench/throughput.py -h``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
+PYTHON = sys.executable
+
+
+@dataclass
+class Phase:
+    """What one measured phase did."""
+
+    name: str
+    records: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+    payload_bytes: int = 0
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.payload_bytes / self.seconds / 1e6 if self.seconds else 0.0
+
+    @property
+    def cpu_percent(self) -> float:
+        return self.cpu_seconds / self.seconds * 100 if self.seconds else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_usage(pid: int) -> tuple[float, float]:
+    """Wait for ``pid``; return (CPU seconds, peak RSS in MiB) from the kernel's accounting."""
+    _, _, usage = os.wait4(pid, 0)
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+# -- phases run in child processes (so their CPU and memory are their own) ---------------------
+
+
+def phase_preload(args: argparse.Namespace) -> dict[str, Any]:
+    from confluent_kafka import Producer
+
+    from tagging_sidecar.produce import make_record
+
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "linger.ms": 50,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000,
+            "compression.type": "none",
+        }
+    )
+    template = make_record("bench", 0, payload_pad=args.pad)
+    payload_bytes = 0
+    for index in range(args.count):
+        template.id = f"b-{index:09d}"
+        template.subject = f"user:{index % 1024}"
+        value = template.SerializeToString()
+        payload_bytes += len(value)
+        while True:
+            try:
+                producer.produce(args.topic, value, key=template.subject.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if index % 10000 == 0:
+            producer.poll(0)
+    if producer.flush(120):
+        raise SystemExit("preload: records unconfirmed")
+    return {"payload_bytes": payload_bytes}
+
+
+def phase_r0(args: argparse.Namespace) -> dict[str, Any]:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "group.id": f"r0-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([args.topic])
+    seen = 0
+    payload = 0
+    started = None
+    while seen < args.count:
+        messages = consumer.consume(10000, 1.0)
+        if messages and started is None:
+            started = time.perf_counter()
+        for message in messages:
+            if message.error() is None:
+                seen += 1
+                payload += len(message.value() or b"")
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return {"records": seen, "seconds": elapsed, "payload_bytes": payload}
+
+
+def phase_g(args: argparse.Namespace) -> dict[str, Any]:
+    """Push pre-serialized records to the sink with the sidecar's own client, many threads."""
+    from tagging_sidecar.config import GrpcSettings
+    from tagging_sidecar.forward import HavilahClient
+    from tagging_sidecar.produce import make_record
+
+    settings = GrpcSettings(target=args.target, mode=args.mode)
+    client = HavilahClient(settings)
+    client.wait_ready(10)
+    template = make_record("g", 0, payload_pad=args.pad)
+    batch_size = args.batch
+    threads = args.threads
+    per_thread = args.count // threads // batch_size
+
+    def work(worker: int) -> None:
+        for n in range(per_thread):
+            batch = []
+            for i in range(batch_size):
+                template.id = f"g-{worker}-{n}-{i}"
+                batch.append(template.SerializeToString())
+            client.deliver(batch)
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    records = per_thread * batch_size * threads
+    return {
+        "records": records,
+        "seconds": elapsed,
+        "payload_bytes": records * len(template.SerializeToString()),
+    }
+
+
+PHASES = {"preload": phase_preload, "r0": phase_r0, "g": phase_g}
+
+
+def run_child_phase(name: str, extra: list[str]) -> tuple[dict[str, Any], float, float]:
+    proc = subprocess.Popen(
+        [PYTHON, __file__, "--child", name, *extra], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    cpu, rss = child_usage(proc.pid)
+    proc.returncode = 0
+    return json.loads(out.strip().splitlines()[-1]), cpu, rss
+
+
+# -- the sidecar phase ---------------------------------------------------------------------------
+
+
+def scrape(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^(tagging_sidecar_[a-z_]+)(?:\{[^}]*\})? (\S+)$", line)
+        if match:
+            values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(2))
+    return values
+
+
+def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = sum(max(0, tp.offset) for tp in consumer.committed(tps, timeout=10))
+        end = sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+        return committed, end
+    finally:
+        consumer.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` (and its threads)."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def run_sidecar_phase(
+    args: argparse.Namespace,
+    bootstrap: str,
+    target: str,
+    record_file: Path,
+    work: Path,
+    neighbours: dict[str, int],
+) -> tuple[Phase, list[dict[str, float]]]:
+    http_port = free_port()
+    group = f"bench-{time.time_ns()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGING_")}
+    env.update(
+        {
+            "TAGGING_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "TAGGING_KAFKA__TOPICS": args.topic,
+            "TAGGING_KAFKA__GROUP_ID": group,
+            "TAGGING_GRPC__TARGET": target,
+            "TAGGING_GRPC__MODE": args.mode,
+            "TAGGING_HTTP__PORT": str(http_port),
+            "TAGGING_LOG__FORMAT": "json",
+            "TAGGING_LOG__LEVEL": "WARNING",
+            "TAGGING_PROCESSES": str(args.processes),
+        }
+    )
+    for item in args.env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    log = (work / f"sidecar-{args.mode}.log").open("wb")
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "tagging_sidecar.cli", "run"], env=env, stdout=log, stderr=log
+    )
+    samples: list[dict[str, float]] = []
+    neighbour_cpu = {name: cpu_seconds(pid) for name, pid in neighbours.items()}
+    first_fetch = None
+    began = time.perf_counter()
+    finished = None
+    while time.perf_counter() - began < args.timeout:
+        time.sleep(0.5)
+        metrics = scrape(http_port)
+        now = time.perf_counter()
+        if metrics:
+            metrics["t"] = now - began
+            samples.append(metrics)
+            if first_fetch is None and metrics.get("tagging_sidecar_records_consumed_total", 0) > 0:
+                first_fetch = now - 0.25  # midpoint of the sampling interval
+        if first_fetch is not None and (
+            metrics.get("tagging_sidecar_records_forwarded_total", 0) >= args.count
+            or args.processes > 1
+        ):
+            committed, end = committed_and_end(bootstrap, group, args.topic, args.partitions)
+            if committed >= end:
+                finished = time.perf_counter()
+                break
+    neighbour_cpu = {
+        name: cpu_seconds(pid) - neighbour_cpu[name] for name, pid in neighbours.items()
+    }
+    proc.send_signal(signal.SIGTERM)
+    cpu, rss = child_usage(proc.pid)
+    if finished is None or first_fetch is None:
+        raise SystemExit(f"sidecar did not finish within {args.timeout} s; see {log.name}")
+    received = record_file.read_text().split()
+    unique = set(received)
+    committed, end = committed_and_end(bootstrap, group, args.topic, args.partitions)
+    phase = Phase(
+        name=f"S ({args.mode}, {args.processes} process{'es' if args.processes > 1 else ''})",
+        records=args.count,
+        seconds=finished - first_fetch,
+        cpu_seconds=cpu,
+        peak_rss_mib=rss,
+        payload_bytes=int(args.payload_bytes),
+        notes=f"sink got {len(unique)} unique ids; committed {committed} of {end}",
+        extra={
+            "all_ids": len(unique) == args.count,
+            "committed_equals_end": committed == end,
+            "neighbour_cpu_percent": {
+                name: round(used / (finished - began) * 100) for name, used in neighbour_cpu.items()
+            },
+        },
+    )
+    return phase, samples
+
+
+def measure_latency(
+    args: argparse.Namespace, bootstrap: str, rate: float, work: Path
+) -> dict[str, float]:
+    """Produce at ``rate`` with a running sidecar; the sink measures event time to receive."""
+    from collections.abc import Iterable
+
+    import grpc
+    from confluent_kafka import Producer
+
+    from tagging_sidecar.contract.tagging.v1 import tagging_pb2
+    from tagging_sidecar.produce import make_record
+    from tagging_sidecar.sink import SinkServer
+
+    latencies: list[float] = []
+
+    class LatencySink(SinkServer):
+        def accept(
+            self, records: Iterable[tagging_pb2.Tagging], context: grpc.ServicerContext
+        ) -> tagging_pb2.StreamMetricResponse:
+            batch = list(records)
+            now = time.time()
+            latencies.extend(now - r.event_time.ToMicroseconds() / 1e6 for r in batch)
+            return super().accept(batch, context)
+
+    sink = LatencySink("127.0.0.1:0")
+    target = f"127.0.0.1:{sink.start()}"
+
+    topic = "latency"
+    subprocess.run(
+        [PYTHON, "-m", "tagging_sidecar.cli", "produce", "--bootstrap", bootstrap,
+         "--topic", topic, "--count", "0", "--partitions", str(args.partitions),
+         "--log-format", "json"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    http_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGING_")}
+    env.update(
+        {
+            "TAGGING_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "TAGGING_KAFKA__TOPICS": topic,
+            "TAGGING_KAFKA__GROUP_ID": f"lat-{time.time_ns()}",
+            "TAGGING_GRPC__TARGET": target,
+            "TAGGING_GRPC__MODE": args.mode,
+            "TAGGING_HTTP__PORT": str(http_port),
+            "TAGGING_LOG__LEVEL": "WARNING",
+        }
+    )
+    log = (work / "sidecar-latency.log").open("wb")
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "tagging_sidecar.cli", "run"], env=env, stdout=log, stderr=log
+    )
+    while not scrape(http_port):
+        time.sleep(0.2)
+    time.sleep(2)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    count = int(rate * args.latency_seconds)
+    started = time.perf_counter()
+    for index in range(count):
+        record = make_record("lat", index, payload_pad=args.pad)
+        producer.produce(topic, record.SerializeToString(), key=record.subject.encode())
+        ahead = (index + 1) / rate - (time.perf_counter() - started)
+        if ahead > 0:
+            producer.poll(ahead)
+        elif index % 100 == 0:
+            producer.poll(0)
+    producer.flush(30)
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        if scrape(http_port).get("tagging_sidecar_records_forwarded_total", 0) >= count:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    sink.stop()
+    ordered = sorted(latencies)
+    if not ordered:
+        raise SystemExit("latency phase: nothing arrived")
+    return {
+        "rate_per_s": round(rate),
+        "records": len(ordered),
+        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+def plot(samples: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = [s["t"] for s in samples]
+    forwarded = [s.get("tagging_sidecar_records_forwarded_total", 0) for s in samples]
+    rates = [0.0] + [
+        (forwarded[i] - forwarded[i - 1]) / max(1e-9, times[i] - times[i - 1])
+        for i in range(1, len(samples))
+    ]
+    figure, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
+    axes[0].plot(times, rates)
+    axes[0].set_ylabel("records/s")
+    axes[1].plot(times, [s.get("tagging_sidecar_pool_backlog_records", 0) for s in samples])
+    axes[1].plot(times, [s.get("tagging_sidecar_inflight_records", 0) for s in samples])
+    axes[1].legend(["pool backlog", "in flight"])
+    axes[1].set_ylabel("records")
+    axes[2].plot(times, [s.get("tagging_sidecar_workers_active", 0) for s in samples])
+    axes[2].set_ylabel("active workers")
+    axes[2].set_xlabel("seconds since start")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def table(phases: list[Phase], r0: Phase, g: Phase | None) -> str:
+    lines = [
+        "| phase | records | seconds | records/s | MB/s | CPU % of a core | peak RSS MiB "
+        "| S/R0 | S/G |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in phases:
+        is_s = p.name.startswith("S")
+        s_r0 = f"{p.rate / r0.rate:.2f}" if is_s and r0.rate else ""
+        s_g = f"{p.rate / g.rate:.2f}" if is_s and g is not None and g.rate else ""
+        lines.append(
+            f"| {p.name} | {p.records:,} | {p.seconds:.2f} | {p.rate:,.0f} | {p.mb_per_s:.1f} | "
+            f"{p.cpu_percent:.0f} | {p.peak_rss_mib:.0f} | {s_r0} | {s_g} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--pad", type=int, default=90, help="label padding: ~200-byte records")
+    parser.add_argument("--mode", default="batch", choices=["batch", "single"])
+    parser.add_argument("--processes", type=int, default=1, help="TAGGING_PROCESSES for S")
+    parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for S")
+    parser.add_argument("--skip-g", action="store_true")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=8, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(PHASES[args.child](args)))
+        return 0
+
+    work = RESULTS / time.strftime("%Y%m%d-%H%M%S")
+    work.mkdir(parents=True, exist_ok=True)
+    kafka_dir = work / "kafka"
+    print(f"==> broker (results in {work})", flush=True)
+    bootstrap = subprocess.run(
+        [str(KAFKA_LOCAL), "start", "--dir", str(kafka_dir)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    sink_proc = None
+    try:
+        sink_port = free_port()
+        record_file = work / "received.txt"
+        sink_log = (work / "sink.log").open("wb")
+        sink_proc = subprocess.Popen(
+            [PYTHON, "-m", "tagging_sidecar.cli", "sink", "--listen", f"127.0.0.1:{sink_port}",
+             "--record", str(record_file), "--log-format", "json", "--summary-interval", "30"],
+            stdout=sink_log, stderr=sink_log,
+        )  # fmt: skip
+        target = f"127.0.0.1:{sink_port}"
+        subprocess.run(
+            [PYTHON, "-m", "tagging_sidecar.cli", "produce", "--bootstrap", bootstrap,
+             "--topic", args.topic, "--count", "0", "--partitions", str(args.partitions),
+             "--log-format", "json"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        print(
+            f"==> preloading {args.count:,} records over {args.partitions} partitions", flush=True
+        )
+        common = ["--bootstrap", bootstrap, "--topic", args.topic, "--count", str(args.count),
+                  "--pad", str(args.pad)]  # fmt: skip
+        started = time.perf_counter()
+        preload, _, _ = run_child_phase("preload", common)
+        args.payload_bytes = preload["payload_bytes"]
+        print(f"    done in {time.perf_counter() - started:.1f} s "
+              f"({args.payload_bytes / args.count:.0f} bytes per record)", flush=True)  # fmt: skip
+
+        print("==> R0: raw consume(num_messages=10000), no work", flush=True)
+        out, cpu, rss = run_child_phase("r0", common)
+        r0 = Phase(
+            "R0 (raw consume)", out["records"], out["seconds"], cpu, rss, out["payload_bytes"]
+        )
+        phases = [r0]
+        g = None
+        if not args.skip_g:
+            print(f"==> G: records pushed straight to the sink ({args.mode} mode)", flush=True)
+            g_count = min(args.count, 300_000)
+            out, cpu, rss = run_child_phase(
+                "g", ["--target", target, "--mode", args.mode, "--count", str(g_count),
+                      "--pad", str(args.pad)],
+            )  # fmt: skip
+            g = Phase(f"G (sink capacity, {args.mode})", out["records"], out["seconds"], cpu, rss,
+                      out["payload_bytes"])  # fmt: skip
+            phases.append(g)
+            record_file.write_text("")  # G's ids are not part of the sidecar check
+        print("==> S: the sidecar, first fetch to last commit", flush=True)
+        broker_pid = int((kafka_dir / "pid").read_text())
+        s, samples = run_sidecar_phase(
+            args,
+            bootstrap,
+            target,
+            record_file,
+            work,
+            {"sink": sink_proc.pid, "broker": broker_pid},
+        )
+        phases.append(s)
+        plot(samples, work / "sidecar.png", f"tagging-sidecar draining {args.count:,} records")
+        latency = None
+        if not args.skip_latency:
+            rate = s.rate / 2
+            print(f"==> L: latency at {rate:,.0f} records/s (half of S)", flush=True)
+            latency = measure_latency(args, bootstrap, rate, work)
+        report = [
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+            f"Python {platform.python_version()}; broker, sink and sidecar share the machine.",
+            "",
+            table(phases, r0, g),
+            "",
+            f"S check: {s.notes}.",
+            "CPU of the neighbours during S (% of a core): "
+            + ", ".join(f"{k} {v}" for k, v in s.extra["neighbour_cpu_percent"].items())
+            + ".",
+        ]
+        if latency:
+            report.append(
+                f"Latency (event time to sink receive) at {latency['rate_per_s']:,} records/s: "
+                f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms, "
+                f"max {latency['max_ms']} ms over {latency['records']:,} records."
+            )
+        if g is not None and s.rate / max(1.0, g.rate) > 0.8:
+            report.append("S/G is near 1: the sink is the bottleneck; S measures the sink.")
+        text = "\n".join(report)
+        (work / "report.md").write_text(text + "\n")
+        (work / "phases.json").write_text(json.dumps([asdict(p) for p in phases], indent=2))
+        print("\n" + text)
+        print(f"\nplot: {work / 'sidecar.png'}")
+        ok = s.extra["all_ids"] and s.extra["committed_equals_end"]
+        return 0 if ok else 1
+    finally:
+        if sink_proc is not None:
+            sink_proc.send_signal(signal.SIGTERM)
+            sink_proc.wait(30)
+        subprocess.run([str(KAFKA_LOCAL), "stop", "--dir", str(kafka_dir)], check=False)
+        shutil.rmtree(kafka_dir / "data", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
+    sys.exit(main())
