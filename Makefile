@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint proto bench broker-start broker-stop clean
+.PHONY: venv demo test test-unit lint proto bench bench-pool clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	scripts/kafka-local fetch
-	$(PY) -m tagging_sidecar.cli bench
+	$(PY) bench/pool_bench.py
+	$(PY) bench/throughput.py $(BENCH_ARGS)
+
+bench-pool: $(STAMP)
+	$(PY) bench/pool_bench.py
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .demo
