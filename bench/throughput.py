@@ -286,6 +286,13 @@ def run_sidecar_phase(
     neighbour_cpu = {
         name: cpu_seconds(pid) - neighbour_cpu[name] for name, pid in neighbours.items()
     }
+    idle_cpu = None
+    if finished is not None and args.processes == 1:
+        # Nothing left to read: how much CPU does a waiting sidecar burn?
+        time.sleep(2)
+        before = cpu_seconds(proc.pid)
+        time.sleep(args.idle_seconds)
+        idle_cpu = (cpu_seconds(proc.pid) - before) / args.idle_seconds * 100
     proc.send_signal(signal.SIGTERM)
     cpu, rss = child_usage(proc.pid)
     if finished is None or first_fetch is None:
@@ -304,6 +311,7 @@ def run_sidecar_phase(
         extra={
             "all_ids": len(unique) == args.count,
             "committed_equals_end": committed == end,
+            "idle_cpu_percent": idle_cpu,
             "neighbour_cpu_percent": {
                 name: round(used / (finished - began) * 100) for name, used in neighbour_cpu.items()
             },
@@ -458,6 +466,7 @@ def main() -> int:
     parser.add_argument("--skip-g", action="store_true")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -549,6 +558,9 @@ def main() -> int:
             table(phases, r0, g),
             "",
             f"S check: {s.notes}.",
+            f"Idle sidecar after the drain: {s.extra['idle_cpu_percent']:.2f} % of a core."
+            if s.extra["idle_cpu_percent"] is not None
+            else "",
             "CPU of the neighbours during S (% of a core): "
             + ", ".join(f"{k} {v}" for k, v in s.extra["neighbour_cpu_percent"].items())
             + ".",

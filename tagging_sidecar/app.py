@@ -8,6 +8,7 @@ queue, so nothing but the poll thread ever touches the consumer.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import socket
@@ -42,6 +43,8 @@ from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import Rejected, ScalingPolicy, WorkerPool
 
 _log = structlog.get_logger("tagging_sidecar.app")
+# librdkafka's own log lines go through stdlib logging, so they share the sidecar's format.
+_librdkafka_log = logging.getLogger("librdkafka")
 
 TP = tuple[str, int]
 
@@ -166,7 +169,7 @@ class Sidecar:
         conf["on_commit"] = self._on_commit
         conf["stats_cb"] = self._on_stats
         conf["error_cb"] = self._on_kafka_error
-        self._consumer = Consumer(conf, logger=None)
+        self._consumer = Consumer(conf, logger=_librdkafka_log)
         self._pool.start()
         self._consumer.subscribe(
             s.kafka.topics,

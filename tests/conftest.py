@@ -13,6 +13,7 @@ from tagging_sidecar.observe.logs import configure_logging
 from tagging_sidecar.sink import SinkServer
 
 from .support.kafka_broker import LocalKafka, create_topic
+from .support.sidecar import SidecarProcess
 
 configure_logging("console", "WARNING")
 
@@ -42,6 +43,14 @@ def topic_factory(kafka_bootstrap: str) -> Callable[[int], str]:
         return name
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def no_sidecar_left_running() -> Iterator[None]:
+    """Kill any sidecar process a test started and did not stop (for example after a failure)."""
+    yield
+    while SidecarProcess.started:
+        SidecarProcess.started.pop().cleanup()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,7 +37,7 @@ class DeadLetterProducer:
 
     def __init__(self, topic: str, config: dict[str, Any], on_done: DeadLetterDone) -> None:
         self.topic = topic
-        self._producer = Producer(config)
+        self._producer = Producer(config, logger=logging.getLogger("librdkafka"))
         self._on_done = on_done
         self.pending = 0
 

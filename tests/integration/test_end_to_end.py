@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from tagging_sidecar.produce import produce
 from tagging_sidecar.sink import SinkServer
@@ -46,3 +47,38 @@ def test_every_record_is_forwarded_and_committed_then_sigterm_exits_cleanly(
     assert '"sidecar stopped"' in log
     # Records are never logged: no produced id appears in the sidecar's output.
     assert not any(i in log for i in ids[:50])
+
+
+def test_several_processes_share_the_partitions(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(4)
+    ids = produce({"bootstrap.servers": kafka_bootstrap}, topic, 4000)
+    received = tmp_path / "received.txt"
+    env = sidecar_env(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}", PROCESSES="2")
+    sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def members() -> int:
+        description = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
+        return len(description.members)
+
+    try:
+        eventually(lambda: members() == 2, timeout=60)
+        eventually(lambda: set(read_ids(received)) >= set(ids), timeout=120)
+
+        def all_committed() -> bool:
+            committed, ends = offsets(kafka_bootstrap, group_id, topic, 4)
+            return committed == ends
+
+        eventually(all_committed, timeout=60)
+    finally:
+        status = sidecar.terminate(timeout=90)
+    log = sidecar.log()
+    assert status == 0, log[-3000:]
+    assert '"sidecar processes started"' in log
+    assert log.count('"sidecar stopped"') == 2

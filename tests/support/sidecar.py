@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -36,9 +37,13 @@ def sidecar_env(
 class SidecarProcess:
     """``tagging-sidecar run`` in a child process, its log in a file."""
 
+    #: every process started, so a failed test cannot leave one running (see conftest.py)
+    started: ClassVar[list[SidecarProcess]] = []
+
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
+        SidecarProcess.started.append(self)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tagging_sidecar.cli", "run"],
             env=dict(env),
@@ -64,6 +69,13 @@ class SidecarProcess:
         finally:
             if self.proc.poll() is not None:
                 self._log.close()
+
+    def cleanup(self) -> None:
+        """Kill the process if it still runs and close its log."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        self._log.close()
 
     def log(self) -> str:
         """Everything the process wrote so far."""
