@@ -262,6 +262,7 @@ def run_sidecar_phase(
         [PYTHON, "-m", "tagging_sidecar.cli", "run"], env=env, stdout=log, stderr=log
     )
     samples: list[dict[str, float]] = []
+    last: dict[str, float] = {}
     neighbour_cpu = {name: cpu_seconds(pid) for name, pid in neighbours.items()}
     first_fetch = None
     began = time.perf_counter()
@@ -271,6 +272,7 @@ def run_sidecar_phase(
         metrics = scrape(http_port)
         now = time.perf_counter()
         if metrics:
+            last = metrics
             metrics["t"] = now - began
             samples.append(metrics)
             if first_fetch is None and metrics.get("tagging_sidecar_records_consumed_total", 0) > 0:
@@ -312,6 +314,8 @@ def run_sidecar_phase(
             "all_ids": len(unique) == args.count,
             "committed_equals_end": committed == end,
             "idle_cpu_percent": idle_cpu,
+            "mean_batch": last.get("tagging_sidecar_batch_size_records_sum", 0)
+            / max(1.0, last.get("tagging_sidecar_batch_size_records_count", 0)),
             "neighbour_cpu_percent": {
                 name: round(used / (finished - began) * 100) for name, used in neighbour_cpu.items()
             },
@@ -347,7 +351,7 @@ def measure_latency(
     sink = LatencySink("127.0.0.1:0")
     target = f"127.0.0.1:{sink.start()}"
 
-    topic = "latency"
+    topic = f"latency-{time.time_ns()}"
     subprocess.run(
         [PYTHON, "-m", "tagging_sidecar.cli", "produce", "--bootstrap", bootstrap,
          "--topic", topic, "--count", "0", "--partitions", str(args.partitions),
@@ -467,6 +471,12 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--latency-fraction",
+        type=float,
+        action="append",
+        help="measure latency at this fraction of S's rate (repeatable; default 0.5 and 0.25)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -475,6 +485,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.latency_fraction = args.latency_fraction or [0.5, 0.25]
     if args.child:
         print(json.dumps(PHASES[args.child](args)))
         return 0
@@ -545,11 +556,12 @@ def main() -> int:
         )
         phases.append(s)
         plot(samples, work / "sidecar.png", f"tagging-sidecar draining {args.count:,} records")
-        latency = None
+        latencies = []
         if not args.skip_latency:
-            rate = s.rate / 2
-            print(f"==> L: latency at {rate:,.0f} records/s (half of S)", flush=True)
-            latency = measure_latency(args, bootstrap, rate, work)
+            for fraction in args.latency_fraction:
+                rate = s.rate * fraction
+                print(f"==> L: latency at {rate:,.0f} records/s ({fraction:.0%} of S)", flush=True)
+                latencies.append(measure_latency(args, bootstrap, rate, work))
         report = [
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
@@ -561,11 +573,12 @@ def main() -> int:
             f"Idle sidecar after the drain: {s.extra['idle_cpu_percent']:.2f} % of a core."
             if s.extra["idle_cpu_percent"] is not None
             else "",
+            f"Records per gRPC call during S: {s.extra['mean_batch']:.0f} on average.",
             "CPU of the neighbours during S (% of a core): "
             + ", ".join(f"{k} {v}" for k, v in s.extra["neighbour_cpu_percent"].items())
             + ".",
         ]
-        if latency:
+        for latency in latencies:
             report.append(
                 f"Latency (event time to sink receive) at {latency['rate_per_s']:,} records/s: "
                 f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms, "
