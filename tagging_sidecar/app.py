@@ -362,7 +362,10 @@ class Sidecar:
         )
         self._guard.record(failed=True)
         if self._guard.tripped():
+            # Leave this record (and every later one) uncommitted: stop, do not dead-letter.
             self._fatal = "most recent records failed; stopping instead of dead-lettering them all"
+            log.error("failure rate too high; stopping", error=str(error))
+            return
         if self._dlq is None:
             tp = (record.topic, record.partition)
             why = (

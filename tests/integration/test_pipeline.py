@@ -11,6 +11,7 @@ import grpc
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from tagging_sidecar.app import FatalError
 from tagging_sidecar.config import InputFormat
 from tagging_sidecar.produce import encode, make_record, produce
 from tagging_sidecar.sink import SinkServer
@@ -198,3 +199,53 @@ def test_retryable_failures_are_retried_until_delivered(
     )
     assert retried is not None
     assert retried > 0
+
+
+def test_records_whose_retries_ran_out_are_dead_lettered(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(1)
+    dlq = topic_factory(1)
+    produce({"bootstrap.servers": kafka_bootstrap}, topic, 20)
+    sink.faults.fail_first = 10_000  # the downstream never recovers
+    settings = make_settings(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        f"127.0.0.1:{sink.port}",
+        dlq={"topic": dlq},
+        grpc={"max_attempts": 2, "retry_initial_backoff": 0.01},
+    )
+    with RunningSidecar(settings) as running:
+        eventually(_all_committed(kafka_bootstrap, group_id, topic, 1), timeout=60)
+        summary = running.stop()
+    assert summary.dead_lettered == 20
+    assert read_ids(tmp_path / "received.txt") == []
+    exhausted = running.sidecar.metrics.registry.get_sample_value(
+        "tagging_sidecar_records_failed_total", {"reason": "retries_exhausted"}
+    )
+    assert exhausted == 20
+
+
+def test_a_failing_majority_stops_the_pipeline_instead_of_dead_lettering_the_topic(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+) -> None:
+    topic = topic_factory(1)
+    dlq = topic_factory(1)
+    _produce_raw(kafka_bootstrap, topic, [(0, b"\xff not a record")] * 300)
+    settings = make_settings(
+        kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}", dlq={"topic": dlq}
+    )
+    running = RunningSidecar(settings).__enter__()
+    eventually(lambda: running.error is not None, timeout=60)
+    with pytest.raises(FatalError, match="most recent records failed"):
+        running.stop()
+    committed, _ends = offsets(kafka_bootstrap, group_id, topic, 1)
+    assert committed[0] < 300  # it stopped well before dead-lettering everything
