@@ -11,7 +11,14 @@ from confluent_kafka.admin import AdminClient
 from tagging_sidecar.produce import produce
 from tagging_sidecar.sink import SinkServer
 
-from ..support.sidecar import SidecarProcess, eventually, offsets, read_ids, sidecar_env
+from ..support.sidecar import (
+    SidecarProcess,
+    all_committed,
+    eventually,
+    offsets,
+    read_ids,
+    sidecar_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +37,7 @@ def test_every_record_is_forwarded_and_committed_then_sigterm_exits_cleanly(
     sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
     try:
         eventually(lambda: len(set(read_ids(received))) >= len(ids), timeout=180)
-
-        def all_committed() -> bool:
-            committed, ends = offsets(kafka_bootstrap, group_id, topic, 3)
-            return committed == ends
-
-        eventually(all_committed, timeout=60)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
     finally:
         status = sidecar.terminate(timeout=60)
     assert status == 0, sidecar.log()[-3000:]
@@ -70,12 +72,7 @@ def test_several_processes_share_the_partitions(
     try:
         eventually(lambda: members() == 2, timeout=60)
         eventually(lambda: set(read_ids(received)) >= set(ids), timeout=120)
-
-        def all_committed() -> bool:
-            committed, ends = offsets(kafka_bootstrap, group_id, topic, 4)
-            return committed == ends
-
-        eventually(all_committed, timeout=60)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 4), timeout=60)
     finally:
         status = sidecar.terminate(timeout=90)
     log = sidecar.log()

@@ -22,7 +22,14 @@ from tagging_sidecar.sink import SinkServer
 
 from ..support.kafka_broker import LocalKafka, create_topic
 from ..support.monitor import OffsetMonitor
-from ..support.sidecar import SidecarProcess, eventually, offsets, read_ids, sidecar_env
+from ..support.sidecar import (
+    SidecarProcess,
+    all_committed,
+    all_received,
+    eventually,
+    read_ids,
+    sidecar_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -77,19 +84,6 @@ class BackgroundProducer:
         self._thread.join(300)
         assert self.ids, "producer did not finish"
         return self.ids
-
-
-def all_received(path: Path, ids: list[str]) -> Callable[[], bool]:
-    wanted = set(ids)
-    return lambda: wanted <= set(read_ids(path))
-
-
-def all_committed(bootstrap: str, group: str, topic: str, partitions: int) -> Callable[[], bool]:
-    def check() -> bool:
-        committed, ends = offsets(bootstrap, group, topic, partitions)
-        return committed == ends
-
-    return check
 
 
 def in_flight_capacity() -> int:

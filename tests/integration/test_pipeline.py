@@ -17,17 +17,9 @@ from tagging_sidecar.produce import encode, make_record, produce
 from tagging_sidecar.sink import SinkServer
 
 from ..support.inprocess import RunningSidecar, make_settings
-from ..support.sidecar import eventually, offsets, read_ids
+from ..support.sidecar import all_committed, eventually, offsets, read_ids
 
 pytestmark = pytest.mark.integration
-
-
-def _all_committed(bootstrap: str, group: str, topic: str, partitions: int) -> Callable[[], bool]:
-    def check() -> bool:
-        committed, ends = offsets(bootstrap, group, topic, partitions)
-        return committed == ends
-
-    return check
 
 
 def test_json_input_in_key_order(
@@ -51,7 +43,7 @@ def test_json_input_in_key_order(
     )
     with RunningSidecar(settings) as running:
         eventually(lambda: len(set(read_ids(tmp_path / "received.txt"))) == 3000)
-        eventually(_all_committed(kafka_bootstrap, group_id, topic, 2), timeout=30)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 2), timeout=30)
         summary = running.stop()
     assert summary.forwarded == 3000
     received = read_ids(tmp_path / "received.txt")
@@ -88,7 +80,7 @@ def test_poison_pill_goes_to_the_dead_letter_topic_with_headers(
         kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}", dlq={"topic": dlq}
     )
     with RunningSidecar(settings) as running:
-        eventually(_all_committed(kafka_bootstrap, group_id, topic, 1), timeout=60)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 1), timeout=60)
         summary = running.stop()
     received = set(read_ids(tmp_path / "received.txt"))
     assert received == {f"p-{i}" for i in range(20) if i != 7}
@@ -171,7 +163,7 @@ def test_a_record_the_server_rejects_is_isolated_and_dead_lettered(
         pool={"ordering": "partition"},
     )
     with RunningSidecar(settings) as running:
-        eventually(_all_committed(kafka_bootstrap, group_id, topic, 1), timeout=60)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 1), timeout=60)
         summary = running.stop()
     assert set(read_ids(tmp_path / "received.txt")) == set(ids) - {"rej-123"}
     assert summary.dead_lettered == 1
@@ -190,7 +182,7 @@ def test_retryable_failures_are_retried_until_delivered(
     sink.faults.fail_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     settings = make_settings(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}")
     with RunningSidecar(settings) as running:
-        eventually(_all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
         running.stop()
     assert sink.counters.failed_calls == 5
     assert set(read_ids(tmp_path / "received.txt")) == set(ids)
@@ -221,7 +213,7 @@ def test_records_whose_retries_ran_out_are_dead_lettered(
         grpc={"max_attempts": 2, "retry_initial_backoff": 0.01},
     )
     with RunningSidecar(settings) as running:
-        eventually(_all_committed(kafka_bootstrap, group_id, topic, 1), timeout=60)
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 1), timeout=60)
         summary = running.stop()
     assert summary.dead_lettered == 20
     assert read_ids(tmp_path / "received.txt") == []

@@ -26,7 +26,14 @@ from tagging_sidecar.sink import ServerTls, SinkServer
 from ..support.certs import CertificateAuthority, IssuedCertificate, make_ca
 from ..support.inprocess import RunningSidecar, make_settings
 from ..support.kafka_broker import LocalKafka, create_topic
-from ..support.sidecar import SidecarProcess, eventually, offsets, read_ids, sidecar_env
+from ..support.sidecar import (
+    SidecarProcess,
+    all_committed,
+    eventually,
+    offsets,
+    read_ids,
+    sidecar_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -81,14 +88,6 @@ def tls_sink(pki: Pki, tmp_path: Path) -> Iterator[Callable[[bool], SinkServer]]
         server.stop(grace=0.5)
 
 
-def _all_committed(bootstrap: str, group: str, topic: str) -> Callable[[], bool]:
-    def check() -> bool:
-        committed, ends = offsets(bootstrap, group, topic, PARTITIONS)
-        return committed == ends
-
-    return check
-
-
 def _deliver_everything(
     settings_bootstrap: str,
     admin_bootstrap: str,
@@ -104,7 +103,7 @@ def _deliver_everything(
     settings = make_settings(settings_bootstrap, topic, group, target, **sections)
     with RunningSidecar(settings) as running:
         eventually(lambda: set(read_ids(received)) == set(ids), timeout=60)
-        eventually(_all_committed(admin_bootstrap, group, topic), timeout=30)
+        eventually(all_committed(admin_bootstrap, group, topic, PARTITIONS), timeout=30)
         summary = running.stop()
     assert summary.forwarded >= RECORDS
     assert set(read_ids(received)) == set(ids)

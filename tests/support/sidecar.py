@@ -96,6 +96,22 @@ def offsets(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[li
         consumer.close()
 
 
+def all_committed(bootstrap: str, group: str, topic: str, partitions: int) -> Callable[[], bool]:
+    """A check for ``eventually``: the group committed every partition up to its log end."""
+
+    def check() -> bool:
+        committed, ends = offsets(bootstrap, group, topic, partitions)
+        return committed == ends
+
+    return check
+
+
+def all_received(path: Path, ids: list[str]) -> Callable[[], bool]:
+    """A check for ``eventually``: the sink recorded every one of ``ids``."""
+    wanted = set(ids)
+    return lambda: wanted <= set(read_ids(path))
+
+
 def read_ids(path: Path) -> list[str]:
     """Ids the sink recorded, in arrival order (duplicates kept)."""
     if not path.exists():
