@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,7 @@ class Sidecar:
         self._serve_http = serve_http
         self.http_port: int | None = None
         self._decode = decoder_for(settings.decode.format, settings.grpc.max_message_bytes - 1024)
-        self._watermarks = Watermarks()
+        self._watermarks: Watermarks[TP] = Watermarks()
         self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._pending: deque[tuple[Hashable, Chunk]] = deque()
         self._paused_for_backpressure = False
@@ -427,7 +427,6 @@ class Sidecar:
             TopicPartition(tp[0], tp[1], position)
             for tp, position in moved.items()
             if only is None or tp in only
-            if isinstance(tp, tuple)
         ]
         if not offsets:
             return
@@ -647,6 +646,3 @@ class Sidecar:
 
 def _names(tps: Any) -> list[str]:
     return [f"{t}/{p}" for t, p in tps]
-
-
-RunCallback = Callable[[Sidecar], None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
 
 
 class PartitionWatermark:
@@ -76,28 +77,31 @@ class PartitionWatermark:
         return position
 
 
-class Watermarks:
-    """The watermarks of every assigned partition, keyed by ``(topic, partition)``."""
+K = TypeVar("K", bound=Hashable)
+
+
+class Watermarks(Generic[K]):
+    """The watermarks of every assigned partition, keyed by e.g. ``(topic, partition)``."""
 
     def __init__(self) -> None:
-        self._partitions: dict[Hashable, PartitionWatermark] = {}
+        self._partitions: dict[K, PartitionWatermark] = {}
 
-    def assign(self, key: Hashable, committed: int | None = None) -> PartitionWatermark:
+    def assign(self, key: K, committed: int | None = None) -> PartitionWatermark:
         """Start tracking a partition (again), forgetting any previous state of it."""
         watermark = PartitionWatermark(committed)
         self._partitions[key] = watermark
         return watermark
 
-    def get(self, key: Hashable) -> PartitionWatermark | None:
+    def get(self, key: K) -> PartitionWatermark | None:
         """The current watermark of a partition, or None if it is not assigned."""
         return self._partitions.get(key)
 
-    def forget(self, keys: Iterable[Hashable]) -> None:
+    def forget(self, keys: Iterable[K]) -> None:
         """Stop tracking partitions; late results for them find no watermark and are dropped."""
         for key in keys:
             self._partitions.pop(key, None)
 
-    def uncommitted(self) -> dict[Hashable, int]:
+    def uncommitted(self) -> dict[K, int]:
         """Every partition whose position moved past its last commit."""
         moved = {}
         for key, watermark in self._partitions.items():
@@ -110,6 +114,6 @@ class Watermarks:
         """Records in flight over all partitions."""
         return sum(w.in_flight for w in self._partitions.values())
 
-    def items(self) -> list[tuple[Hashable, PartitionWatermark]]:
+    def items(self) -> list[tuple[K, PartitionWatermark]]:
         """A snapshot of (partition, watermark) pairs."""
         return list(self._partitions.items())

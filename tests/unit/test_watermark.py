@@ -58,7 +58,7 @@ def test_out_of_order_tracking_is_refused() -> None:
 
 
 def test_forgotten_partition_drops_late_results() -> None:
-    marks = Watermarks()
+    marks: Watermarks[tuple[str, int]] = Watermarks()
     old = marks.assign(("t", 0))
     old.track(1)
     marks.forget([("t", 0)])
