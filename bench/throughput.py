@@ -383,7 +383,12 @@ def measure_latency(
     started = time.perf_counter()
     for index in range(count):
         record = make_record("lat", index, payload_pad=args.pad)
-        producer.produce(topic, record.SerializeToString(), key=record.subject.encode())
+        while True:
+            try:
+                producer.produce(topic, record.SerializeToString(), key=record.subject.encode())
+                break
+            except BufferError:  # the pipeline is behind: let the producer catch up
+                producer.poll(0.05)
         ahead = (index + 1) / rate - (time.perf_counter() - started)
         if ahead > 0:
             producer.poll(ahead)
