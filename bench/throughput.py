@@ -209,6 +209,14 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
@@ -375,9 +383,9 @@ def measure_latency(
     proc = subprocess.Popen(
         [PYTHON, "-m", "tagging_sidecar.cli", "run"], env=env, stdout=log, stderr=log
     )
-    while not scrape(http_port):
+    # Measure the steady state: start producing once the sidecar is in its group and connected.
+    while not ready(http_port):
         time.sleep(0.2)
-    time.sleep(2)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
     count = int(rate * args.latency_seconds)
     started = time.perf_counter()
