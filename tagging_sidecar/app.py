@@ -323,12 +323,18 @@ class Sidecar:
             forwarded = 0
             size = 0
             for chunk in chunks:
+                # A chunk is one partition's records: look its watermark up once. A result for
+                # a partition revoked meanwhile finds another (or no) watermark and is dropped.
+                head = chunk[0]
+                current = self._watermarks.get((head.topic, head.partition))
+                live = current is head.watermark
                 for record in chunk:
                     size += len(record.payload)
-                    error = failed.get(id(record))
+                    error = failed.get(id(record)) if failed else None
                     if error is None:
                         forwarded += 1
-                        self._done(record)
+                        if live:
+                            record.watermark.done(record.offset)
                     else:
                         self._on_undelivered(record, error)
             self._inflight_bytes -= size
