@@ -89,6 +89,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         delay=args.delay,
         hang=args.hang,
         reject_ids=set(filter(None, args.reject_ids.split(","))),
+        single_only=args.single_only,
     )
     sink = SinkServer(args.listen, record_path=args.record, faults=faults, tls=tls)
     port = sink.start()
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--delay", type=float, default=0.0, help="seconds to wait per call")
     sink.add_argument("--hang", action="store_true", help="never answer (until the deadline)")
     sink.add_argument("--reject-ids", default="", help="comma-separated ids to reject")
+    sink.add_argument(
+        "--single-only", action="store_true", help="answer StreamMetricBatch with UNIMPLEMENTED"
+    )
     sink.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     sink.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate chain")
     sink.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")

@@ -53,9 +53,7 @@ class HavilahClient:
         self._observe = observe
         self._on_retry = on_retry
         self._batch = settings.mode is GrpcMode.BATCH
-        self._transport = AioTransport(
-            settings, BATCH_METHOD if self._batch else SINGLE_METHOD, on_state=on_state
-        )
+        self._transport = AioTransport(settings, (BATCH_METHOD, SINGLE_METHOD), on_state=on_state)
 
     def close(self) -> None:
         """Close the channel."""
@@ -117,8 +115,8 @@ class HavilahClient:
                     raise
                 delay = min(settings.retry_max_backoff, delay * 2)
 
-    def _requests(self, payloads: Sequence[bytes]) -> list[bytes]:
-        if self._batch:
+    def _requests(self, payloads: Sequence[bytes], batch: bool) -> list[bytes]:
+        if batch:
             return list(batch_messages(payloads, self._settings.max_message_bytes - 64))
         return list(payloads)
 
@@ -126,10 +124,23 @@ class HavilahClient:
         started = time.perf_counter()
         code = "OK"
         try:
-            response = self._transport.stream(self._requests(payloads), self._settings.timeout)
+            batch = self._batch
+            method = BATCH_METHOD if batch else SINGLE_METHOD
+            response = self._transport.stream(
+                method, self._requests(payloads, batch), self._settings.timeout
+            )
         except grpc.RpcError as exc:
             status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             code = status.name
+            if status is grpc.StatusCode.UNIMPLEMENTED and batch:
+                # A server with only StreamMetric: say so once and carry on one record per
+                # message, instead of retrying a method that will never exist.
+                self._batch = False
+                _log.warning(
+                    "server does not implement StreamMetricBatch; using StreamMetric",
+                    target=self._settings.target,
+                )
+                raise RetryableForwardError("switching to single mode", code=code) from None
             outcome = classify(status)
             if outcome is Outcome.DELIVERED:
                 return

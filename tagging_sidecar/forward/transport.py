@@ -57,7 +57,7 @@ class AioTransport:
     def __init__(
         self,
         settings: GrpcSettings,
-        method: str,
+        methods: tuple[str, ...],
         on_state: Callable[[grpc.ChannelConnectivity], None] | None = None,
     ) -> None:
         self._settings = settings
@@ -68,11 +68,14 @@ class AioTransport:
         self._thread.start()
         self._on_state = on_state
         self._channel: aio.Channel = self.run(self._open(), timeout=30)
-        self._call = self._channel.stream_unary(
-            method,
-            request_serializer=_identity,
-            response_deserializer=StreamMetricResponse.FromString,
-        )
+        self._calls = {
+            method: self._channel.stream_unary(
+                method,
+                request_serializer=_identity,
+                response_deserializer=StreamMetricResponse.FromString,
+            )
+            for method in methods
+        }
         if on_state is not None:
             asyncio.run_coroutine_threadsafe(self._watch_state(), self._loop)
 
@@ -95,14 +98,17 @@ class AioTransport:
         """Run ``coroutine`` on the loop and wait for its result from this thread."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    async def _stream(self, messages: list[bytes], timeout: float) -> StreamMetricResponse:
-        response: StreamMetricResponse = await self._call(iter(messages), timeout=timeout)
+    async def _stream(
+        self, method: str, messages: list[bytes], timeout: float
+    ) -> StreamMetricResponse:
+        call = self._calls[method]
+        response: StreamMetricResponse = await call(iter(messages), timeout=timeout)
         return response
 
-    def stream(self, messages: list[bytes], timeout: float) -> StreamMetricResponse:
-        """One client-streaming call with these messages; raises ``grpc.RpcError`` on failure."""
+    def stream(self, method: str, messages: list[bytes], timeout: float) -> StreamMetricResponse:
+        """One client-streaming call of ``method``; raises ``grpc.RpcError`` on failure."""
         # The deadline is enforced by gRPC; the extra second only guards against a lost loop.
-        return self.run(self._stream(messages, timeout), timeout + 1.0)
+        return self.run(self._stream(method, messages, timeout), timeout + 1.0)
 
     def wait_ready(self, timeout: float) -> bool:
         """Whether the channel became ready within ``timeout`` seconds."""

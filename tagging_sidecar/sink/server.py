@@ -36,6 +36,8 @@ class Faults:
     delay: float = 0.0
     hang: bool = False
     reject_ids: set[str] = field(default_factory=set)
+    #: behave like a server that only has StreamMetric
+    single_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class _Havilah(tagging_pb2_grpc.HavilahServicer):
     def StreamMetricBatch(  # noqa: N802 - the gRPC method name
         self, request_iterator: Iterator[tagging_pb2.TaggingBatch], context: grpc.ServicerContext
     ) -> tagging_pb2.StreamMetricResponse:
+        if self._sink.faults.single_only:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "StreamMetricBatch is not implemented")
         records = (record for batch in request_iterator for record in batch.records)
         return self._sink.accept(records, context)
 

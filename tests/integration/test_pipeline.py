@@ -241,3 +241,25 @@ def test_a_failing_majority_stops_the_pipeline_instead_of_dead_lettering_the_top
         running.stop()
     committed, _ends = offsets(kafka_bootstrap, group_id, topic, 1)
     assert committed[0] < 300  # it stopped well before dead-lettering everything
+
+
+def test_a_server_without_the_batch_rpc_gets_one_record_per_message(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(2)
+    ids = produce({"bootstrap.servers": kafka_bootstrap}, topic, 500)
+    sink.faults.single_only = True
+    settings = make_settings(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}")
+    with RunningSidecar(settings) as running:
+        eventually(all_committed(kafka_bootstrap, group_id, topic, 2), timeout=60)
+        running.stop()
+    assert set(read_ids(tmp_path / "received.txt")) == set(ids)
+    codes = running.sidecar.metrics.registry.get_sample_value(
+        "tagging_sidecar_rpc_duration_seconds_count", {"code": "UNIMPLEMENTED"}
+    )
+    assert codes is not None
+    assert codes >= 1  # it did try the batch RPC first
