@@ -140,7 +140,13 @@ class Sidecar:
         client_id = f"tagging-sidecar-{socket.gethostname()}-{os.getpid()}"
         http = None
         if self._serve_http:
-            http = HealthServer(s.http.host, s.http.port, self.health, self.metrics.registry)
+            try:
+                http = HealthServer(s.http.host, s.http.port, self.health, self.metrics.registry)
+            except OSError as exc:
+                raise FatalError(
+                    f"cannot serve /livez, /readyz and /metrics on {s.http.host}:{s.http.port}: "
+                    f"{exc.strerror} (set TAGGING_HTTP__PORT)"
+                ) from None
             http.start()
             self.http_port = http.port
         client = HavilahClient(

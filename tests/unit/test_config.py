@@ -152,3 +152,25 @@ def test_check_config_prints_effective_settings_masked() -> None:
     assert shown["kafka"]["topics"] == ["a", "b"]
     assert shown["kafka"]["sasl_password"] == "**********"
     assert "hunter2-secret" not in result.stdout
+
+
+def test_a_busy_http_port_is_a_clear_error_not_a_traceback() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _cli(
+            "run",
+            env={
+                "TAGGING_KAFKA__TOPICS": "t",
+                "TAGGING_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                "TAGGING_HTTP__PORT": str(port),
+                "TAGGING_LOG__FORMAT": "json",
+            },
+        )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "TAGGING_HTTP__PORT" in result.stderr
+    assert "Traceback" not in result.stderr
