@@ -383,34 +383,37 @@ def measure_latency(
     proc = subprocess.Popen(
         [PYTHON, "-m", "tagging_sidecar.cli", "run"], env=env, stdout=log, stderr=log
     )
-    # Measure the steady state: start producing once the sidecar is in its group and connected.
-    while not ready(http_port):
-        time.sleep(0.2)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
-    count = int(rate * args.latency_seconds)
-    started = time.perf_counter()
-    for index in range(count):
-        record = make_record("lat", index, payload_pad=args.pad)
-        while True:
-            try:
-                producer.produce(topic, record.SerializeToString(), key=record.subject.encode())
+    try:
+        # Measure the steady state: start producing once the sidecar is in its group and connected.
+        while not ready(http_port):
+            time.sleep(0.2)
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+        count = int(rate * args.latency_seconds)
+        started = time.perf_counter()
+        for index in range(count):
+            record = make_record("lat", index, payload_pad=args.pad)
+            while True:
+                try:
+                    producer.produce(topic, record.SerializeToString(), key=record.subject.encode())
+                    break
+                except BufferError:  # the pipeline is behind: let the producer catch up
+                    producer.poll(0.05)
+            ahead = (index + 1) / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                producer.poll(ahead)
+            elif index % 100 == 0:
+                producer.poll(0)
+        producer.flush(30)
+        deadline = time.perf_counter() + 60
+        while time.perf_counter() < deadline:
+            if scrape(http_port).get("tagging_sidecar_records_forwarded_total", 0) >= count:
                 break
-            except BufferError:  # the pipeline is behind: let the producer catch up
-                producer.poll(0.05)
-        ahead = (index + 1) / rate - (time.perf_counter() - started)
-        if ahead > 0:
-            producer.poll(ahead)
-        elif index % 100 == 0:
-            producer.poll(0)
-    producer.flush(30)
-    deadline = time.perf_counter() + 60
-    while time.perf_counter() < deadline:
-        if scrape(http_port).get("tagging_sidecar_records_forwarded_total", 0) >= count:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    sink.stop()
+            time.sleep(0.2)
+    finally:
+        # Stop what this phase started, also when it fails half way.
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        sink.stop()
     ordered = sorted(latencies)
     if not ordered:
         raise SystemExit("latency phase: nothing arrived")

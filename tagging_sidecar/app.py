@@ -166,6 +166,7 @@ class Sidecar:
             max_batch=s.pool.queue_size,
             before_backoff=(s.grpc.retry_initial_backoff, s.grpc.retry_max_backoff),
             name="forward",
+            linger=s.pool.linger,
         )
         if s.dlq.topic:
             self._dlq = DeadLetterProducer(

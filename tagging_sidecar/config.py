@@ -267,6 +267,9 @@ class PoolSettings(_Section):
         default=30.0, gt=0, description="seconds idle before a worker stops"
     )
     ordering: Ordering = Ordering.KEY
+    linger: float = Field(
+        default=0.005, ge=0, le=1, description="seconds a worker waits to fill a small batch"
+    )
     max_inflight_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="payload bytes in flight before pausing"
     )

@@ -95,7 +95,8 @@ class WorkerPool(Generic[R]):
 
     ``dispatcher_factory`` is called once per slot (the seed's one dispatcher per worker).
     ``on_done(items, rejected)`` runs on the worker thread after each batch; ``rejected`` lists
-    the items the dispatcher gave up on. ``max_batch`` caps the weight of one batch.
+    the items the dispatcher gave up on. ``max_batch`` caps the weight of one batch; a worker
+    with less than that waits up to ``linger`` seconds for more before it processes.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class WorkerPool(Generic[R]):
         clock: Clock = time.monotonic,
         before_backoff: tuple[float, float] = (0.1, 10.0),
         name: str = "pool",
+        linger: float = 0.0,
     ) -> None:
         self._policy = policy or ScalingPolicy()
         self._factory = dispatcher_factory
@@ -116,6 +118,7 @@ class WorkerPool(Generic[R]):
         self._clock = clock
         self._backoff = before_backoff
         self._name = name
+        self._linger = linger
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._quiet = threading.Condition(self._lock)
@@ -372,6 +375,14 @@ class WorkerPool(Generic[R]):
                     return None
                 remaining = policy.idle_timeout - idle_for
                 slot.wakeup.wait(remaining if remaining > 0 else policy.idle_timeout)
+            if self._linger and slot.queued_weight < self._max_batch:
+                # A trickle would otherwise make one call per record: wait briefly for more.
+                deadline = time.monotonic() + self._linger
+                while slot.queued_weight < self._max_batch and not self._halted:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    slot.wakeup.wait(left)
             batch: list[_Entry[R]] = []
             weight = 0
             while slot.queue and (not batch or weight + slot.queue[0].weight <= self._max_batch):

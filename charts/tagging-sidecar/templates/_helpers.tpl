@@ -287,6 +287,8 @@ Environment of the sidecar container: one TAGGING_* variable per setting.
   value: {{ include "tagging-sidecar.num" $c.pool.idleTimeout | quote }}
 - name: TAGGING_POOL__ORDERING
   value: {{ $c.pool.ordering | quote }}
+- name: TAGGING_POOL__LINGER
+  value: {{ include "tagging-sidecar.num" $c.pool.linger | quote }}
 - name: TAGGING_POOL__MAX_INFLIGHT_BYTES
   value: {{ include "tagging-sidecar.num" $c.pool.maxInflightBytes | quote }}
 - name: TAGGING_DECODE__FORMAT
