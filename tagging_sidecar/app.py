@@ -644,18 +644,6 @@ class Sidecar:
             self.health.watermark_moved()
             m.watermark_stalled.set(0)
 
-    def stats_snapshot(self) -> dict[str, Any]:
-        """Progress figures for the demo's live view."""
-        pool = self._pool
-        stats = pool.stats() if pool is not None else None
-        return {
-            "consumed": self.summary.consumed,
-            "forwarded": self.summary.forwarded,
-            "dead_lettered": self.summary.dead_lettered,
-            "active_workers": stats.active_workers if stats else 0,
-            "backlog": stats.backlog if stats else 0,
-        }
-
 
 def _names(tps: Any) -> list[str]:
     return [f"{t}/{p}" for t, p in tps]

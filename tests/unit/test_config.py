@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tagging_sidecar.config import GrpcMode, Ordering, known_env_vars, load_settings
 from tagging_sidecar.errors import ConfigError
+
+from ..support.cli import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -112,17 +112,6 @@ def test_readme_documents_every_variable() -> None:
     assert missing == []
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tagging_sidecar.cli", *args],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_invalid_config_exits_2_before_connecting_and_hides_secrets() -> None:
     env = {
         "TAGGING_KAFKA__TOPICS": "t",
@@ -132,7 +121,7 @@ def test_invalid_config_exits_2_before_connecting_and_hides_secrets() -> None:
         "TAGGING_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "TAGGING_POOL__MIN_WORKERS": "40",
     }
-    result = _cli("run", env=env)
+    result = run_cli("run", env=env)
     assert result.returncode == 2
     output = result.stdout + result.stderr
     assert "TAGGING_KAFKA" in output
@@ -146,7 +135,7 @@ def test_check_config_prints_effective_settings_masked() -> None:
         "TAGGING_KAFKA__SASL_USERNAME": "svc",
         "TAGGING_KAFKA__SASL_PASSWORD": "hunter2-secret",
     }
-    result = _cli("check-config", env=env)
+    result = run_cli("check-config", env=env)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert shown["kafka"]["topics"] == ["a", "b"]
@@ -161,7 +150,7 @@ def test_a_busy_http_port_is_a_clear_error_not_a_traceback() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = _cli(
+        result = run_cli(
             "run",
             env={
                 "TAGGING_KAFKA__TOPICS": "t",

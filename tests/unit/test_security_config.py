@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,8 @@ from confluent_kafka import Consumer
 from tagging_sidecar.config import known_env_vars, load_settings
 from tagging_sidecar.errors import ConfigError
 from tagging_sidecar.kafka.config import consumer_config, producer_config
+
+from ..support.cli import run_cli
 
 SECRET = "oidc-client-secret-7c41e9"
 OAUTH = {
@@ -210,23 +210,12 @@ def test_other_problems_never_echo_the_secret(monkeypatch: pytest.MonkeyPatch) -
     assert len(problems) == 2
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tagging_sidecar.cli", *args],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_check_config_and_invalid_config_never_print_the_secret() -> None:
-    shown = _cli("check-config", env=OAUTH)
+    shown = run_cli("check-config", env=OAUTH)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["kafka"]["sasl_oauthbearer_client_secret"] == "**********"
     assert SECRET not in shown.stdout + shown.stderr
-    refused = _cli(
+    refused = run_cli(
         "run", env={**OAUTH, "TAGGING_KAFKA__SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": "nonsense"}
     )
     assert refused.returncode == 2
