@@ -144,11 +144,11 @@ def phase_r0(args: argparse.Namespace) -> dict[str, Any]:
 def phase_g(args: argparse.Namespace) -> dict[str, Any]:
     """Push pre-serialized records to the sink with the sidecar's own client, many threads."""
     from tagging_sidecar.config import GrpcSettings
-    from tagging_sidecar.forward import HavilahClient
+    from tagging_sidecar.forward import connect
     from tagging_sidecar.produce import make_record
 
     settings = GrpcSettings(target=args.target, mode=args.mode)
-    client = HavilahClient(settings)
+    client = connect(settings)
     client.wait_ready(10)
     template = make_record("g", 0, payload_pad=args.pad)
     batch_size = args.batch

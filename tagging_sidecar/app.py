@@ -32,7 +32,7 @@ from tagging_sidecar.errors import (
     PoolClosed,
     SidecarError,
 )
-from tagging_sidecar.forward import CallResult, HavilahClient
+from tagging_sidecar.forward import CallResult, HavilahClient, connect
 from tagging_sidecar.kafka.config import consumer_config, producer_config
 from tagging_sidecar.kafka.deadletter import DeadLetterProducer, FailureRateGuard
 from tagging_sidecar.kafka.records import Chunk, Record, chunk_by_unit
@@ -149,7 +149,7 @@ class Sidecar:
                 ) from None
             http.start()
             self.http_port = http.port
-        client = HavilahClient(
+        client = connect(
             s.grpc,
             cancel=self._cancel,
             observe=self._observe_call,

@@ -1,5 +1,5 @@
 """Forwarding to the Havilah gRPC service; knows nothing of Kafka."""
 
-from tagging_sidecar.forward.havilah import CallResult, HavilahClient
+from tagging_sidecar.forward.havilah import CallResult, HavilahClient, Transport, connect
 
-__all__ = ["CallResult", "HavilahClient"]
+__all__ = ["CallResult", "HavilahClient", "Transport", "connect"]

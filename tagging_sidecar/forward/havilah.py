@@ -12,14 +12,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 import structlog
 
 from tagging_sidecar.config import GrpcMode, GrpcSettings
+from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
 from tagging_sidecar.errors import ForwardError, PermanentForwardError, RetryableForwardError
 from tagging_sidecar.forward.status import Outcome, classify
-from tagging_sidecar.forward.transport import AioTransport
 from tagging_sidecar.forward.wire import batch_messages
 
 _log = structlog.get_logger("tagging_sidecar.forward")
@@ -37,23 +38,40 @@ class CallResult:
     code: str
 
 
+class _SomeAlreadyStored(PermanentForwardError):
+    """``ALREADY_EXISTS`` for a call: some record of it is stored, maybe not the others."""
+
+
+class Transport(Protocol):
+    """One channel to the server: client-streaming calls, readiness, close."""
+
+    def stream(self, method: str, messages: list[bytes], timeout: float) -> StreamMetricResponse:
+        """One client-streaming call; raises ``grpc.RpcError`` with the final status."""
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the channel became ready within ``timeout`` seconds."""
+
+    def close(self) -> None:
+        """Release the channel."""
+
+
 class HavilahClient:
     """Delivers lists of serialized ``Tagging`` records; safe to share between threads."""
 
     def __init__(
         self,
         settings: GrpcSettings,
+        transport: Transport,
         cancel: threading.Event | None = None,
         observe: Callable[[CallResult], None] | None = None,
         on_retry: Callable[[int], None] | None = None,
-        on_state: Callable[[grpc.ChannelConnectivity], None] | None = None,
     ) -> None:
         self._settings = settings
         self._cancel = cancel or threading.Event()
         self._observe = observe
         self._on_retry = on_retry
         self._batch = settings.mode is GrpcMode.BATCH
-        self._transport = AioTransport(settings, (BATCH_METHOD, SINGLE_METHOD), on_state=on_state)
+        self._transport = transport
 
     def close(self) -> None:
         """Close the channel."""
@@ -73,11 +91,16 @@ class HavilahClient:
         Retryable failures are retried with exponential backoff and jitter until they succeed,
         ``max_attempts`` is used up, or the client is cancelled (then the last error is raised
         and nothing of the batch counts as delivered). A permanent rejection of several records
-        is narrowed down by halving, so one bad record does not take its neighbours with it.
+        is narrowed down by halving, so one bad record does not take its neighbours with it;
+        ``ALREADY_EXISTS`` is narrowed down the same way, and counts as delivered only for a
+        call of one record, since a stream ends at the first record the server already holds.
         """
         try:
             self._deliver_with_retries(payloads)
             return []
+        except _SomeAlreadyStored:
+            if len(payloads) == 1:
+                return []
         except PermanentForwardError as exc:
             if len(payloads) == 1:
                 return [(0, exc)]
@@ -148,7 +171,17 @@ class HavilahClient:
             message = f"{code} from {self._settings.target}: {detail}"
             if outcome is Outcome.RETRY:
                 raise RetryableForwardError(message, code=code) from None
+            if outcome is Outcome.ISOLATE:
+                raise _SomeAlreadyStored(message, code=code) from None
             raise PermanentForwardError(message, code=code) from None
+        except Exception as exc:  # noqa: BLE001 - a local failure is never the server's verdict
+            # The transport's own guard timed out, the loop is gone, ...: the server said
+            # nothing about these records, so they are sent again rather than rejected.
+            code = "LOCAL_ERROR"
+            raise RetryableForwardError(
+                f"call to {self._settings.target} failed locally: {type(exc).__name__}",
+                code=code,
+            ) from None
         finally:
             if self._observe is not None:
                 self._observe(CallResult(len(payloads), time.perf_counter() - started, code))
@@ -157,3 +190,17 @@ class HavilahClient:
                 f"server acknowledged {response.received} of {len(payloads)} records",
                 code="ACK_MISMATCH",
             )
+
+
+def connect(
+    settings: GrpcSettings,
+    cancel: threading.Event | None = None,
+    observe: Callable[[CallResult], None] | None = None,
+    on_retry: Callable[[int], None] | None = None,
+    on_state: Callable[[grpc.ChannelConnectivity], None] | None = None,
+) -> HavilahClient:
+    """A client over a real grpc.aio channel to ``settings.target``."""
+    from tagging_sidecar.forward.transport import AioTransport
+
+    transport = AioTransport(settings, (BATCH_METHOD, SINGLE_METHOD), on_state=on_state)
+    return HavilahClient(settings, transport, cancel=cancel, observe=observe, on_retry=on_retry)

@@ -1,4 +1,11 @@
-"""Which gRPC status codes are worth a retry (after the uForwarder contract)."""
+"""What a gRPC status code means for the records of the call that got it.
+
+After the uForwarder contract, with one difference that matters on a client stream: a status
+ends the whole stream, so ``ALREADY_EXISTS`` only says that *some* record of the call is already
+stored. A server that aborts at that record stored nothing after it, so a call of several
+records answered ``ALREADY_EXISTS`` is isolated record by record, and only a single record
+answered ``ALREADY_EXISTS`` counts as delivered.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ class Outcome(Enum):
     DELIVERED = "delivered"
     RETRY = "retry"
     REJECT = "reject"
+    ISOLATE = "isolate"
 
 
 _RETRY = {
@@ -32,8 +40,10 @@ _RETRY = {
 
 def classify(code: grpc.StatusCode) -> Outcome:
     """Map a final status code to what the forwarder does with the batch."""
-    if code in (grpc.StatusCode.OK, grpc.StatusCode.ALREADY_EXISTS):
+    if code is grpc.StatusCode.OK:
         return Outcome.DELIVERED
+    if code is grpc.StatusCode.ALREADY_EXISTS:
+        return Outcome.ISOLATE
     if code in _RETRY:
         return Outcome.RETRY
     # INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE, NOT_FOUND, DATA_LOSS: the records

@@ -95,8 +95,17 @@ class AioTransport:
             state = self._channel.get_state(try_to_connect=True)
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coroutine`` on the loop and wait for its result from this thread."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+        """Run ``coroutine`` on the loop and wait for its result from this thread.
+
+        On ``TimeoutError`` the coroutine is cancelled, so a call given up on cannot still
+        deliver behind the caller's back.
+        """
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
 
     async def _stream(
         self, method: str, messages: list[bytes], timeout: float

@@ -35,7 +35,7 @@ def test_a_batch_is_what_protobuf_itself_would_encode() -> None:
     ("code", "outcome"),
     [
         (grpc.StatusCode.OK, Outcome.DELIVERED),
-        (grpc.StatusCode.ALREADY_EXISTS, Outcome.DELIVERED),
+        (grpc.StatusCode.ALREADY_EXISTS, Outcome.ISOLATE),
         (grpc.StatusCode.UNAVAILABLE, Outcome.RETRY),
         (grpc.StatusCode.DEADLINE_EXCEEDED, Outcome.RETRY),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, Outcome.RETRY),

@@ -1,0 +1,97 @@
+"""The forwarder against servers that are not the reference sink (no sockets: a fake transport)."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from tagging_sidecar.config import GrpcSettings, InputFormat
+from tagging_sidecar.errors import PermanentForwardError, RetryableForwardError
+from tagging_sidecar.forward import HavilahClient
+from tagging_sidecar.produce import encode, make_record
+
+from ..sim.downstream import FakeServer
+
+
+def _payloads(ids: list[str]) -> list[bytes]:
+    out = []
+    for record_id in ids:
+        record = make_record("x", 0)
+        record.id = record_id
+        out.append(encode(record, InputFormat.PROTOBUF))
+    return out
+
+
+def _client(server: FakeServer, mode: str = "batch") -> HavilahClient:
+    settings = GrpcSettings.model_validate(
+        {"retry_initial_backoff": 0.001, "retry_max_backoff": 0.001, "mode": mode}
+    )
+    return HavilahClient(settings, server)
+
+
+@pytest.mark.parametrize("mode", ["batch", "single"])
+def test_already_exists_isolates_the_batch_so_nothing_after_the_duplicate_is_lost(
+    mode: str,
+) -> None:
+    server = FakeServer(idempotent=True, stored=["a3"])
+    client = _client(server, mode=mode)
+    ids = [f"a{i}" for i in range(10)]
+    assert client.deliver(_payloads(ids)) == []
+    assert set(server.stored) == set(ids)
+
+
+def test_a_single_record_answered_already_exists_counts_as_delivered() -> None:
+    server = FakeServer(idempotent=True, stored=["a0"])
+    assert _client(server).deliver(_payloads(["a0"])) == []
+
+
+def test_a_rejected_record_is_isolated_and_its_neighbours_are_delivered() -> None:
+    server = FakeServer(reject_ids={"b5"})
+    rejected = _client(server).deliver(_payloads([f"b{i}" for i in range(8)]))
+    assert [index for index, _ in rejected] == [5]
+    assert isinstance(rejected[0][1], PermanentForwardError)
+    assert set(server.stored) >= {f"b{i}" for i in range(8) if i != 5}
+
+
+def test_a_stream_aborted_halfway_is_sent_again_whole() -> None:
+    server = FakeServer(abort_after=3)
+    ids = [f"c{i}" for i in range(6)]
+    assert _client(server).deliver(_payloads(ids)) == []
+    assert set(server.stored) == set(ids)
+    assert server.calls == 2
+
+
+def test_a_server_that_counts_fewer_records_gets_the_batch_again() -> None:
+    server = FakeServer(undercount=1)
+    ids = [f"d{i}" for i in range(4)]
+    assert _client(server).deliver(_payloads(ids)) == []
+    assert server.stored == ids + ids
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), RuntimeError("loop gone")])
+def test_a_local_failure_is_retried_not_taken_for_a_rejection(error: BaseException) -> None:
+    server = FakeServer(local_error=error)
+    ids = [f"e{i}" for i in range(3)]
+    assert _client(server).deliver(_payloads(ids)) == []
+    assert server.stored == ids
+
+
+def test_a_server_with_only_stream_metric_gets_one_message_per_record() -> None:
+    server = FakeServer(single_only=True)
+    client = _client(server, mode="batch")
+    ids = [f"f{i}" for i in range(5)]
+    assert client.deliver(_payloads(ids)) == []
+    assert server.stored == ids
+
+
+def test_retries_end_when_the_client_is_cancelled() -> None:
+    cancel = threading.Event()
+    server = FakeServer(fail_next=[grpc.StatusCode.UNAVAILABLE] * 1000)
+    server.hook = lambda: cancel.set() if server.calls >= 3 else None
+    settings = GrpcSettings(retry_initial_backoff=0.001, retry_max_backoff=0.001)
+    client = HavilahClient(settings, server, cancel=cancel)
+    with pytest.raises(RetryableForwardError):
+        client.deliver(_payloads(["g0"]))
+    assert server.stored == []
