@@ -54,6 +54,14 @@ class InputFormat(StrEnum):
     JSON = "json"
 
 
+class TombstonePolicy(StrEnum):
+    """What to do with a record whose value is null (a deletion on a compacted topic)."""
+
+    SKIP = "skip"
+    DEAD_LETTER = "dead-letter"
+    STOP = "stop"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -84,6 +92,9 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     consume_batch_size: int = Field(default=2000, ge=1, le=100_000)
     commit_interval: float = Field(default=1.0, gt=0, le=60)
+    commit_every: int = Field(
+        default=5000, ge=1, description="records settled since the last commit that trigger one"
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
@@ -273,6 +284,9 @@ class PoolSettings(_Section):
     max_inflight_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="payload bytes in flight before pausing"
     )
+    max_inflight_records: int = Field(
+        default=20_000, ge=1, description="records in flight before the consumer stops reading"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PoolSettings:
@@ -285,12 +299,21 @@ class DecodeSettings(_Section):
     """How record values are decoded."""
 
     format: InputFormat = InputFormat.PROTOBUF
+    tombstones: TombstonePolicy = Field(
+        default=TombstonePolicy.SKIP,
+        description="null-value records: skip (commit them), dead-letter, or stop the partition",
+    )
 
 
 class DlqSettings(_Section):
     """Where records that cannot be delivered go; empty topic means none."""
 
     topic: str = ""
+    truncate_to: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        description="bytes a dead letter's value is cut to when the broker refuses it whole",
+    )
 
 
 class LogSettings(_Section):

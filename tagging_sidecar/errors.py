@@ -9,6 +9,8 @@
     ├── ForwardError              a batch was not delivered to the gRPC service
     │   ├── RetryableForwardError the service may accept it later (UNAVAILABLE, ...)
     │   └── PermanentForwardError the service will never accept it (INVALID_ARGUMENT, ...)
+    ├── DeadLetterError           a record could not be written to the dead-letter topic
+    ├── FatalError                the pipeline cannot go on (guard tripped, fatal Kafka error)
     └── CommitError               Kafka refused an offset commit
 
 Messages never contain record payloads or secrets.
@@ -59,6 +61,14 @@ class RetryableForwardError(ForwardError):
 
 class PermanentForwardError(ForwardError):
     """The downstream rejected the batch for good; retrying will not help."""
+
+
+class DeadLetterError(SidecarError):
+    """A record could not be written to the dead-letter topic (it stays uncommitted)."""
+
+
+class FatalError(SidecarError):
+    """The pipeline cannot go on (failure-rate guard tripped, fatal Kafka error)."""
 
 
 class CommitError(SidecarError):

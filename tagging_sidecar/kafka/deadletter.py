@@ -1,25 +1,35 @@
-"""The dead-letter producer, and the guard that stops a pipeline that fails everything."""
+"""The dead-letter producer: the original record, with headers that say where it came from.
+
+A dead-letter write must never take the process down: a record larger than the producer or
+the broker accepts is written again truncated (its original size in ``tagging.original.size``),
+and a full local queue is waited on while delivery reports are served. A write that still
+fails is reported to ``on_done`` with its error, and the caller decides (it halts the record's
+partition, leaving the record uncommitted).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from tagging_sidecar.kafka.records import Record
+from tagging_sidecar.errors import DeadLetterError
+from tagging_sidecar.kafka.records import Headers, Record
 
-DeadLetterDone = Callable[[Record, KafkaError | None], None]
+#: (record, None) once the write is acknowledged, or (record, why it failed)
+DeadLetterDone = Callable[[Record, str | None], None]
+
+#: how long ``send`` waits for room in a full local queue before giving up on the record
+QUEUE_FULL_WAIT = 5.0
 
 
-def dead_letter_headers(
-    record: Record, error: BaseException
-) -> list[tuple[str, str | bytes | None]]:
-    """Headers that say where a dead letter came from and why (never the payload)."""
+def dead_letter_headers(record: Record, error: BaseException) -> Headers:
+    """The record's own headers, then ours: where it came from and why (never the payload)."""
     return [
+        *(record.headers or []),
         ("tagging.original.topic", record.topic.encode()),
         ("tagging.original.partition", str(record.partition).encode()),
         ("tagging.original.offset", str(record.offset).encode()),
@@ -29,64 +39,93 @@ def dead_letter_headers(
     ]
 
 
-class DeadLetterProducer:
-    """Writes records to the dead-letter topic; ``on_done`` fires once the write is acknowledged.
+def _too_large(code: int) -> bool:
+    return code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
 
-    Call :meth:`poll` from the poll loop: delivery callbacks run there, on that thread.
+
+class DeadLetterProducer:
+    """Writes records to the dead-letter topic; ``on_done`` fires once per record.
+
+    Call :meth:`poll` from the poll loop: delivery reports (and so ``on_done``) run there.
     """
 
-    def __init__(self, topic: str, config: dict[str, Any], on_done: DeadLetterDone) -> None:
+    def __init__(
+        self,
+        topic: str,
+        producer: Producer,
+        on_done: DeadLetterDone,
+        truncate_to: int,
+    ) -> None:
         self.topic = topic
-        self._producer = Producer(config, logger=logging.getLogger("librdkafka"))
+        self._producer = producer
         self._on_done = on_done
+        self._truncate_to = truncate_to
         self.pending = 0
 
-    def send(self, record: Record, value: bytes | None, error: BaseException) -> None:
-        """Queue ``record`` (its original value and key) for the dead-letter topic."""
+    def send(self, record: Record, error: BaseException) -> None:
+        """Queue the original ``record`` (value, key, headers) for the dead-letter topic."""
+        self.pending += 1
+        try:
+            self._produce(record, record.value, dead_letter_headers(record, error))
+        except DeadLetterError as exc:
+            self.pending -= 1
+            self._on_done(record, str(exc))
+
+    def _produce(self, record: Record, value: bytes | None, headers: Headers) -> None:
+        deadline = time.monotonic() + QUEUE_FULL_WAIT
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None and _too_large(err.code()) and not _truncated(headers):
+                self._resend_truncated(record, value, headers)
+                return
             self.pending -= 1
-            self._on_done(record, err)
+            self._on_done(record, None if err is None else err.str())
 
-        self.pending += 1
-        self._producer.produce(
-            self.topic,
-            value=value,
-            key=record.key,
-            headers=dead_letter_headers(record, error),
-            on_delivery=delivered,
-        )
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, value=value, key=record.key, headers=headers, on_delivery=delivered
+                )
+                return
+            except BufferError:
+                if time.monotonic() >= deadline:
+                    raise DeadLetterError("dead-letter queue stayed full") from None
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                code = exc.args[0].code() if exc.args else KafkaError.UNKNOWN
+                if _too_large(code) and not _truncated(headers):
+                    value, headers = self._truncated(value, headers)
+                    continue
+                raise DeadLetterError(f"dead-letter write refused: {exc}") from None
 
-    def poll(self) -> None:
-        """Serve delivery callbacks without blocking."""
-        self._producer.poll(0)
+    def _resend_truncated(self, record: Record, value: bytes | None, headers: Headers) -> None:
+        value, headers = self._truncated(value, headers)
+        try:
+            self._produce(record, value, headers)
+        except DeadLetterError as exc:
+            self.pending -= 1
+            self._on_done(record, str(exc))
+
+    def _truncated(self, value: bytes | None, headers: Headers) -> tuple[bytes | None, Headers]:
+        size = len(value or b"")
+        return (value or b"")[: self._truncate_to], [
+            *headers,
+            ("tagging.original.size", str(size).encode()),
+        ]
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports, waiting at most ``timeout`` seconds for one."""
+        self._producer.poll(timeout)
 
     def flush(self, timeout: float) -> int:
         """Wait for outstanding writes; return how many are still pending."""
         return int(self._producer.flush(timeout))
 
 
-class FailureRateGuard:
-    """Trips when most of the recent records failed, so a broken downstream cannot empty a
-    topic into the dead-letter queue."""
+def _truncated(headers: Headers) -> bool:
+    return any(name == "tagging.original.size" for name, _ in headers)
 
-    def __init__(self, window: int = 1000, max_ratio: float = 0.5, min_samples: int = 100) -> None:
-        self._outcomes: deque[bool] = deque(maxlen=window)
-        self._failures = 0
-        self._max_ratio = max_ratio
-        self._min_samples = min_samples
 
-    def record(self, failed: bool, count: int = 1) -> None:
-        """Add ``count`` outcomes."""
-        outcomes = self._outcomes
-        for _ in range(min(count, outcomes.maxlen or count)):
-            if len(outcomes) == outcomes.maxlen and outcomes[0]:
-                self._failures -= 1
-            outcomes.append(failed)
-            if failed:
-                self._failures += 1
-
-    def tripped(self) -> bool:
-        """Whether the failure ratio over the window is above the limit."""
-        total = len(self._outcomes)
-        return total >= self._min_samples and self._failures / total > self._max_ratio
+def producer(config: dict[str, Any]) -> Producer:
+    """The real librdkafka producer, logging through stdlib logging."""
+    return Producer(config, logger=logging.getLogger("librdkafka"))

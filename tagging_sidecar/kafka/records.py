@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from tagging_sidecar.config import Ordering
 from tagging_sidecar.kafka.watermark import PartitionWatermark
 
+Headers = list[tuple[str, str | bytes | None]]
+
 
 @dataclass(slots=True, eq=False)
 class Record:
-    """One decoded Kafka record: where it came from and the bytes to forward."""
+    """One consumed Kafka record: where it came from, the bytes to forward, and what the
+    dead-letter topic needs to hold the original (its value when it differs from ``payload``,
+    and its headers)."""
 
     topic: str
     partition: int
@@ -19,6 +23,13 @@ class Record:
     key: bytes | None
     payload: bytes
     watermark: PartitionWatermark
+    original: bytes | None = None
+    headers: Headers | None = None
+
+    @property
+    def value(self) -> bytes | None:
+        """The record's value as it was in Kafka."""
+        return self.original if self.original is not None else self.payload
 
     @property
     def coordinates(self) -> str:

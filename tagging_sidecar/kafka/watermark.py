@@ -16,14 +16,18 @@ from typing import Generic, TypeVar
 class PartitionWatermark:
     """In-flight offsets of one partition, in the order they were dispatched."""
 
-    __slots__ = ("_done", "_next", "_pending", "committed")
+    __slots__ = ("_done", "_next", "_pending", "committed", "delivered_before")
 
-    def __init__(self, committed: int | None = None) -> None:
+    def __init__(
+        self, committed: int | None = None, delivered_before: frozenset[int] = frozenset()
+    ) -> None:
         self._pending: deque[int] = deque()
         self._done: set[int] = set()
         self._next: int | None = committed
         #: the last position reported as committed; never decreases
         self.committed: int | None = committed
+        #: offsets above ``committed`` that a previous owner already delivered (commit metadata)
+        self.delivered_before = delivered_before
 
     def track(self, offset: int) -> None:
         """Record that ``offset`` was dispatched; offsets must increase."""
@@ -48,6 +52,10 @@ class PartitionWatermark:
             finished.discard(last)
         if not pending:
             self._next = last + 1
+
+    def done_above(self) -> set[int]:
+        """Offsets done above the position: what the commit metadata carries to the next owner."""
+        return self._done
 
     def position(self) -> int | None:
         """The next offset to commit: the lowest in flight, or one past the last one done."""

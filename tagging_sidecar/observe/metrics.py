@@ -5,12 +5,14 @@ Every metric is documented in the README's Metrics section; keep the two in step
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 NAMESPACE = "tagging_sidecar"
 
 #: reasons a record is counted in ``records_failed_total``
-FAILURE_REASONS = ("decode", "rejected", "retries_exhausted", "dispatch_error")
+FAILURE_REASONS = ("decode", "tombstone", "rejected", "retries_exhausted")
 
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -35,6 +37,13 @@ class Metrics:
         self.records_failed = Counter(
             "records_failed",
             "Records that could not be decoded or were rejected, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.records_skipped = Counter(
+            "records_skipped",
+            "Records committed without forwarding, by reason (tombstone, delivered_before).",
             ["reason"],
             namespace=ns,
             registry=r,
@@ -132,5 +141,16 @@ class Metrics:
         for reason in FAILURE_REASONS:
             self.records_failed.labels(reason=reason)
         self.records_dead_lettered.labels(reason="undeliverable")
+        for reason in ("tombstone", "delivered_before"):
+            self.records_skipped.labels(reason=reason)
         for direction in ("up", "down"):
             self.pool_scale_events.labels(direction=direction)
+
+    def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
+        """Remove the per-partition series of partitions this process no longer owns."""
+        for topic, partition in tps:
+            for gauge in (self.committed_offset, self.consumer_lag):
+                try:
+                    gauge.remove(topic, str(partition))
+                except KeyError:
+                    continue

@@ -207,6 +207,28 @@ class WorkerPool(Generic[R]):
             self._enqueue_locked(slot, item, key, weight)
             return True
 
+    def withdraw(self, predicate: Callable[[R], bool]) -> list[R]:
+        """Take back every queued item (not yet handed to a dispatcher) that ``predicate``
+        selects, in queue order; items being processed are not touched."""
+        taken: list[R] = []
+        with self._lock:
+            for slot in self._slots:
+                kept: deque[_Entry[R]] = deque()
+                for entry in slot.queue:
+                    if predicate(entry.item):
+                        taken.append(entry.item)
+                        slot.queued_weight -= entry.weight
+                        self._backlog -= entry.weight
+                        self._release_locked(entry)
+                    else:
+                        kept.append(entry)
+                slot.queue = kept
+            if taken:
+                self._space.notify_all()
+                if not self._backlog and not self._in_process:
+                    self._quiet.notify_all()
+        return taken
+
     def wait_for_space(self, timeout: float) -> None:
         """Sleep until some work completes or ``timeout`` passes (for callers of ``offer``)."""
         with self._lock:

@@ -1,0 +1,223 @@
+"""Every result comes back on one channel and is routed in one place.
+
+Pool workers put :class:`BatchDone`, dead-letter delivery reports put :class:`DeadLetterDone`;
+the poll thread takes them and :class:`OutcomeRouter` decides: mark the watermark, dead-letter
+the record, halt its partition, feed the failure-rate guard, or discard a late result of a
+partition that is no longer ours (revoked, lost or reset meanwhile).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from tagging_sidecar.errors import ForwardError, PermanentForwardError
+from tagging_sidecar.kafka.guard import FailureRateGuard
+from tagging_sidecar.kafka.inflight import InFlight
+from tagging_sidecar.kafka.partitions import PartitionStates
+from tagging_sidecar.kafka.records import Chunk, Record
+from tagging_sidecar.observe.metrics import Metrics
+from tagging_sidecar.pool import Rejected
+
+_log = structlog.get_logger("tagging_sidecar.outcomes")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """A pool batch finished; ``rejected`` holds one-record chunks the server turned down."""
+
+    chunks: Sequence[Chunk]
+    rejected: Sequence[Rejected[Chunk]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterDone:
+    """A dead-letter write finished; ``error`` says why it failed, None if acknowledged."""
+
+    record: Record
+    error: str | None
+
+
+Outcome = BatchDone | DeadLetterDone
+
+
+class Outcomes:
+    """The channel: any thread puts, the poll thread takes."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+
+    def put(self, outcome: Outcome) -> None:
+        """Hand a result to the poll thread."""
+        self._queue.put(outcome)
+
+    def batch_done(self, chunks: Sequence[Chunk], rejected: Sequence[Rejected[Chunk]]) -> None:
+        """The pool's ``on_done`` callback."""
+        self._queue.put(BatchDone(chunks, rejected))
+
+    def dead_letter_done(self, record: Record, error: str | None) -> None:
+        """The dead-letter producer's ``on_done`` callback."""
+        self._queue.put(DeadLetterDone(record, error))
+
+    def take(self, timeout: float = 0.0) -> list[Outcome]:
+        """Whatever arrived, waiting up to ``timeout`` seconds for the first one."""
+        taken: list[Outcome] = []
+        try:
+            taken.append(
+                self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            )
+            while True:
+                taken.append(self._queue.get_nowait())
+        except queue.Empty:
+            return taken
+
+
+class DeadLetters(Protocol):
+    """Where undeliverable records go (the dead-letter producer, or a fake in tests)."""
+
+    topic: str
+
+    def send(self, record: Record, error: BaseException) -> None:
+        """Queue the record; its result comes back as a :class:`DeadLetterDone`."""
+
+
+@dataclass
+class Tally:
+    """What one run did."""
+
+    consumed: int = 0
+    forwarded: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    undelivered_at_exit: int = 0
+
+
+class OutcomeRouter:
+    """Applies results to the watermarks, the dead-letter topic, halts and the guard."""
+
+    def __init__(
+        self,
+        *,
+        partitions: PartitionStates,
+        inflight: InFlight,
+        dead_letters: DeadLetters | None,
+        metrics: Metrics,
+        tally: Tally,
+        cancel: threading.Event,
+        guard: FailureRateGuard | None = None,
+    ) -> None:
+        self._partitions = partitions
+        self._inflight = inflight
+        self._dead_letters = dead_letters
+        self._metrics = metrics
+        self._tally = tally
+        self._cancel = cancel
+        #: records to send again (a local failure); the processor takes them
+        self.resend: list[Record] = []
+        self.guard = guard or FailureRateGuard()
+        self.fatal: str | None = None
+
+    def apply(self, outcome: Outcome) -> None:
+        """Route one result."""
+        if isinstance(outcome, BatchDone):
+            self._batch_done(outcome)
+        else:
+            self._dead_letter_done(outcome)
+
+    def _batch_done(self, outcome: BatchDone) -> None:
+        # A rejection names a chunk: one record the server refused, or a whole chunk of a
+        # batch that failed as a whole.
+        failed = {id(record): r.error for r in outcome.rejected for record in r.item}
+        forwarded = 0
+        for chunk in outcome.chunks:
+            head = chunk[0]
+            tp = (head.topic, head.partition)
+            live = self._partitions.is_current(tp, head.watermark)
+            settled = 0
+            size = 0
+            for record in chunk:
+                error = failed.get(id(record)) if failed else None
+                if error is None:
+                    forwarded += 1
+                    settled += 1
+                    size += len(record.payload)
+                    if live:
+                        record.watermark.done(record.offset)
+                elif not live:
+                    settled += 1
+                    size += len(record.payload)
+                else:
+                    self._undelivered(record, error)
+            self._inflight.release(tp, settled, size)
+        self._tally.forwarded += forwarded
+        self._metrics.records_forwarded.inc(forwarded)
+        self.guard.delivered(ok=forwarded)
+
+    def _undelivered(self, record: Record, error: BaseException) -> None:
+        if self._cancel.is_set():
+            # Shutting down: the record stays uncommitted and is read again after the restart.
+            self.settle(record)
+            return
+        if isinstance(error, PermanentForwardError):
+            self.guard.delivered(failed=1)
+            self.reject(record, error, "rejected")
+        elif isinstance(error, ForwardError):
+            self.reject(record, error, "retries_exhausted")
+        else:
+            # Not the server's verdict (a dispatcher bug, a local failure): send it again.
+            _log.warning("batch failed locally; sending again", error=type(error).__name__)
+            self.resend.append(record)
+
+    def reject(self, record: Record, error: BaseException, reason: str) -> None:
+        """A record that cannot be delivered: dead-letter it, or halt its partition."""
+        self._metrics.records_failed.labels(reason=reason).inc()
+        if self.guard.tripped():
+            # Leave this record (and every later one) uncommitted: stop, do not dead-letter.
+            self.fatal = "most recent records failed; stopping instead of dead-lettering them all"
+            self.settle(record)
+            return
+        if self._dead_letters is None:
+            self.halt(record, f"{error} (set TAGGING_DLQ__TOPIC to dead-letter such records)")
+            return
+        _log.warning(
+            "record dead-lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+            error=str(error),
+        )
+        self._dead_letters.send(record, error)
+
+    def halt(self, record: Record, why: str) -> None:
+        """Stop ``record``'s partition at it; it stays uncommitted until the partition moves."""
+        tp = (record.topic, record.partition)
+        if self._partitions.is_current(tp, record.watermark):
+            reason = (
+                f"partition {record.topic}/{record.partition} "
+                f"stopped at offset {record.offset}: {why}"
+            )
+            _log.error("record cannot be delivered; partition stopped", reason=reason)
+            self._partitions.halt(tp, reason)
+        self.settle(record)
+
+    def settle(self, record: Record) -> None:
+        """Take ``record`` out of the in-flight accounting without marking it done."""
+        self._inflight.release((record.topic, record.partition), 1, len(record.payload))
+
+    def _dead_letter_done(self, outcome: DeadLetterDone) -> None:
+        record = outcome.record
+        tp = (record.topic, record.partition)
+        if outcome.error is not None:
+            self.halt(record, f"dead-letter write failed: {outcome.error}")
+            return
+        self.settle(record)
+        self._tally.dead_lettered += 1
+        self._metrics.records_dead_lettered.labels(reason="undeliverable").inc()
+        if self._partitions.is_current(tp, record.watermark):
+            record.watermark.done(record.offset)

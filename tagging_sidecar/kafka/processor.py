@@ -1,0 +1,310 @@
+"""The stream processor: the poll loop, backpressure, rebalances and shutdown.
+
+It is handed every part it uses (consumer, pool, outcome channel, dead-letter producer,
+decoder, clock) through small protocols, so the whole delivery protocol runs the same against
+librdkafka and against the deterministic fakes of the test suite. One thread calls
+:meth:`StreamProcessor.step`; rebalance callbacks run inside its ``consume()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from confluent_kafka import KafkaError, TopicPartition
+
+from tagging_sidecar.errors import FatalError
+from tagging_sidecar.kafka.commit import Committer, Committing
+from tagging_sidecar.kafka.inflight import InFlight
+from tagging_sidecar.kafka.ingest import Ingest, Message
+from tagging_sidecar.kafka.offsetmap import decode_done
+from tagging_sidecar.kafka.outcomes import OutcomeRouter, Outcomes, Tally
+from tagging_sidecar.kafka.partitions import TP, PartitionStates
+from tagging_sidecar.kafka.records import Chunk
+from tagging_sidecar.observe.health import HealthState
+from tagging_sidecar.observe.metrics import Metrics
+from tagging_sidecar.pool import PoolStats
+
+_log = structlog.get_logger("tagging_sidecar.processor")
+
+Rebalance = Callable[[Any, list[TopicPartition]], None]
+
+
+class Consumer(Committing, Protocol):
+    """The part of ``confluent_kafka.Consumer`` the processor uses."""
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]: ...
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+    def committed(
+        self, partitions: list[TopicPartition], timeout: float
+    ) -> list[TopicPartition]: ...
+    def close(self) -> None: ...
+
+
+class Pool(Protocol):
+    """The part of :class:`~tagging_sidecar.pool.WorkerPool` the processor uses."""
+
+    def offer(self, item: Chunk, key: Hashable | None = None, weight: int = 1) -> bool: ...
+    def withdraw(self, predicate: Callable[[Chunk], bool]) -> list[Chunk]: ...
+    def stop(self, drain: bool = True, timeout: float | None = None) -> list[Chunk]: ...
+    def stats(self) -> PoolStats: ...
+
+
+class DeadLetterQueue(Protocol):
+    """The part of the dead-letter producer the processor drives."""
+
+    topic: str
+
+    def poll(self, timeout: float = 0.0) -> None: ...
+    def flush(self, timeout: float) -> int: ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The processor's clocks and limits, in seconds."""
+
+    consume_batch: int = 2000
+    idle_poll: float = 0.5  #: how long one poll may block when nothing is ready
+    pause_after: float = 1.0  #: how long the pipeline may stay full before partitions pause
+    grace: float = 20.0  #: drain on shutdown, wait for in-flight work on revoke
+    committed_timeout: float = 10.0  #: reading committed offsets on assign
+
+
+class StreamProcessor:
+    """Consume -> ingest -> pool -> outcomes -> commit, on the caller's thread."""
+
+    def __init__(
+        self,
+        *,
+        consumer: Consumer,
+        pool: Pool,
+        outcomes: Outcomes,
+        partitions: PartitionStates,
+        inflight: InFlight,
+        router: OutcomeRouter,
+        ingest: Ingest,
+        committer: Committer,
+        health: HealthState,
+        metrics: Metrics,
+        tally: Tally,
+        cancel: threading.Event,
+        dead_letters: DeadLetterQueue | None = None,
+        timing: Timing | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.consumer = consumer
+        self._pool = pool
+        self._outcomes = outcomes
+        self.partitions = partitions
+        self.inflight = inflight
+        self._router = router
+        self._ingest = ingest
+        self._committer = committer
+        self.health = health
+        self._metrics = metrics
+        self.tally = tally
+        self._cancel = cancel
+        self._dead_letters = dead_letters
+        self._timing = timing or Timing()
+        self._clock = clock
+        self._pending: deque[tuple[Hashable, Chunk]] = deque()
+        self._full_since: float | None = None
+        self._seen_scale = (0, 0)
+        self.fatal: str | None = None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One pass: apply results, hand on what waits, read more (or pause), commit."""
+        self.health.tick()
+        self._apply(self._outcomes.take())
+        self._flush()
+        now = self._clock()
+        if self._pending or self.inflight.full():
+            if self._full_since is None:
+                self._full_since = now
+            if self.partitions.backpressure or now - self._full_since >= self._timing.pause_after:
+                # Full for a while (a slow or failing downstream): pause and keep polling, so
+                # the group keeps us while nothing moves.
+                self.partitions.pause_all()
+                self._ingest_all(self.consumer.consume(self._timing.consume_batch, 0))
+            self._apply(self._outcomes.take(0.1))
+        else:
+            self._full_since = None
+            self.partitions.resume_all()
+            # Take what is ready without waiting; block (for one record) only when nothing is.
+            messages = self.consumer.consume(self._timing.consume_batch, 0)
+            if not messages:
+                messages = self.consumer.consume(1, self._timing.idle_poll)
+            self._ingest_all(messages)
+        if self._dead_letters is not None:
+            self._dead_letters.poll(0)
+        self._committer.maybe_commit()
+        self.health.halted_reason = self.partitions.halted_reason()
+        self.fatal = self.fatal or self._router.fatal
+        if self.fatal is not None:
+            raise FatalError(self.fatal)
+
+    def _ingest_all(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        good = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            else:
+                self.on_error(error)  # type: ignore[arg-type]
+        self._pending.extend(self._ingest(good))
+        self._flush()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        while pending:
+            key, chunk = pending[0]
+            if not self._pool.offer(chunk, key, len(chunk)):
+                return
+            pending.popleft()
+
+    def _apply(self, outcomes: list[Any]) -> None:
+        if not outcomes:
+            return
+        before = self.tally.forwarded + self.tally.dead_lettered
+        router = self._router
+        for outcome in outcomes:
+            router.apply(outcome)
+        self._committer.settled(self.tally.forwarded + self.tally.dead_lettered - before)
+        for record in router.resend:
+            # A local failure, not the server's verdict: the record goes out again.
+            self._pending.append(((record.topic, record.partition), [record]))
+        router.resend.clear()
+
+    # -- rebalances (inside consume(), on this thread) ------------------------------------
+
+    def on_assign(self, _consumer: object, assigned: list[TopicPartition]) -> None:
+        """New partitions: read where each stands, and what a previous owner already did."""
+        self.partitions.assign(self._committed(assigned))
+        self.health.in_group = True
+        _log.info("partitions assigned", partitions=_names(assigned))
+
+    def _committed(
+        self, assigned: list[TopicPartition]
+    ) -> dict[TP, tuple[int | None, frozenset[int]]]:
+        result: dict[TP, tuple[int | None, frozenset[int]]] = {
+            (tp.topic, tp.partition): (None, frozenset()) for tp in assigned
+        }
+        try:
+            committed = self.consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in assigned],
+                timeout=self._timing.committed_timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - KafkaException; only duplicates are at stake
+            _log.warning("committed offsets unknown; delivered records may repeat", error=str(exc))
+            return result
+        for tp in committed:
+            if tp.error is None and tp.offset >= 0:
+                done = decode_done(tp.offset, tp.metadata or "")
+                result[(tp.topic, tp.partition)] = (tp.offset, done)
+        return result
+
+    def on_revoke(self, _consumer: object, revoked: list[TopicPartition]) -> None:
+        """Partitions leave cleanly: finish their calls (within the grace), commit, forget."""
+        tps = {(tp.topic, tp.partition) for tp in revoked}
+        self._drop(tps)
+        deadline = self._clock() + self._timing.grace
+        while self.inflight.held(tps) and self._clock() < deadline and not self._cancel.is_set():
+            if self._dead_letters is not None:
+                self._dead_letters.poll(0)
+            self._apply(self._outcomes.take(0.05))
+        self._committer.commit_now(tps)
+        self._forget(tps)
+        _log.info("partitions revoked", partitions=_names(revoked))
+
+    def on_lost(self, _consumer: object, lost: list[TopicPartition]) -> None:
+        """Partitions taken away: commit nothing, discard their late results."""
+        tps = {(tp.topic, tp.partition) for tp in lost}
+        self._drop(tps)
+        self._forget(tps)
+        _log.warning("partitions lost; their results will be discarded", partitions=_names(lost))
+
+    def _drop(self, tps: set[TP]) -> None:
+        """Take back what was not sent yet: the next owner reads it."""
+
+        def ours(chunk: Chunk) -> bool:
+            return (chunk[0].topic, chunk[0].partition) in tps
+
+        dropped = [chunk for _, chunk in self._pending if ours(chunk)]
+        self._pending = deque(item for item in self._pending if not ours(item[1]))
+        dropped += self._pool.withdraw(ours)
+        for chunk in dropped:
+            for record in chunk:
+                self._router.settle(record)
+
+    def _forget(self, tps: set[TP]) -> None:
+        self.partitions.forget(tps)
+        self._metrics.forget_partitions(tps)
+        self.health.in_group = bool(self.partitions.assigned())
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def drain(self, deadline: float) -> list[Chunk]:
+        """Hand everything read to the pool and let it finish by ``deadline``; return what
+        was never sent. Then commit what was delivered."""
+        self.partitions.pause_all()
+        while self._pending and self._clock() < deadline:
+            self._apply(self._outcomes.take(0.05))
+            self._flush()
+        left = [chunk for _, chunk in self._pending]
+        self._pending.clear()
+        return left
+
+    def commit_final(self, deadline: float) -> None:
+        """The last commit, asynchronous and served until ``deadline`` at the latest, so a
+        coordinator that does not answer cannot hold the shutdown past the grace period."""
+        self._committer.maybe_commit(force=True)
+        while self._committer.in_flight and self._clock() < deadline:
+            self.consumer.consume(1, 0.1)
+
+    def settle_all(self) -> None:
+        """Apply every result that has arrived, and serve dead-letter reports."""
+        if self._dead_letters is not None:
+            self._dead_letters.poll(0)
+        self._apply(self._outcomes.take())
+
+    def on_error(self, error: KafkaError) -> None:
+        """A consume or client error: fatal ones stop the processor."""
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            self.fatal = f"fatal Kafka error: {error.str()}"
+        _log.warning("kafka error", error=error.str(), code=error.name())
+
+    def update_gauges(self) -> None:
+        """Refresh the gauges that are sampled rather than counted."""
+        stats = self._pool.stats()
+        m = self._metrics
+        m.workers_active.set(stats.active_workers)
+        m.workers_wanted.set(stats.wanted_workers)
+        m.pool_backlog.set(stats.backlog)
+        m.inflight_records.set(self.inflight.records)
+        m.inflight_bytes.set(self.inflight.bytes)
+        m.partitions_paused.set(self.partitions.paused_count())
+        ups, downs = self._seen_scale
+        m.pool_scale_events.labels(direction="up").inc(stats.scale_ups - ups)
+        m.pool_scale_events.labels(direction="down").inc(stats.scale_downs - downs)
+        self._seen_scale = (stats.scale_ups, stats.scale_downs)
+        if self.partitions.in_flight():
+            m.watermark_stalled.set(self.health.stalled_for())
+        else:
+            self.health.watermark_moved()
+            m.watermark_stalled.set(0)
+
+
+def _names(tps: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}/{tp.partition}" for tp in tps]
