@@ -25,7 +25,7 @@ from tagging_sidecar.forward import CallResult, HavilahClient, connect
 from tagging_sidecar.forward.dispatcher import ForwardingDispatcher
 from tagging_sidecar.kafka import deadletter
 from tagging_sidecar.kafka.commit import Committer
-from tagging_sidecar.kafka.config import consumer_config, producer_config
+from tagging_sidecar.kafka.config import consumer_config, dead_letter_config
 from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.ingest import Ingest
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Outcomes, Tally
@@ -79,11 +79,12 @@ class Sidecar:
             on_state=self._on_channel_state,
         )
         try:
-            processor, pool, dlq = self._build(client)
-            self._loop(processor)
+            processor = self._build(client)
+            try:
+                self._loop(processor)
+            finally:
+                self._shutdown(processor)
         finally:
-            if "processor" in locals():
-                self._shutdown(processor, pool, dlq)
             client.close()
             if http is not None:
                 http.stop()
@@ -102,9 +103,7 @@ class Sidecar:
         self.http_port = http.port
         return http
 
-    def _build(
-        self, client: HavilahClient
-    ) -> tuple[StreamProcessor, WorkerPool[Chunk], deadletter.DeadLetterProducer | None]:
+    def _build(self, client: HavilahClient) -> StreamProcessor:
         s = self.settings
         client_id = f"tagging-sidecar-{socket.gethostname()}-{os.getpid()}"
         outcomes = Outcomes()
@@ -123,7 +122,7 @@ class Sidecar:
         if s.dlq.topic:
             dlq = deadletter.DeadLetterProducer(
                 s.dlq.topic,
-                deadletter.producer(producer_config(s.kafka, client_id + "-dlq")),
+                deadletter.producer(dead_letter_config(s.kafka, client_id + "-dlq")),
                 outcomes.dead_letter_done,
                 truncate_to=s.dlq.truncate_to,
             )
@@ -201,7 +200,7 @@ class Sidecar:
             mode=s.grpc.mode.value,
             ordering=s.pool.ordering.value,
         )
-        return processor, pool, dlq
+        return processor
 
     def _loop(self, processor: StreamProcessor) -> None:
         next_gauges = 0.0
@@ -212,32 +211,11 @@ class Sidecar:
                 next_gauges = now + 1.0
                 processor.update_gauges()
 
-    def _shutdown(
-        self,
-        processor: StreamProcessor,
-        pool: WorkerPool[Chunk],
-        dlq: deadletter.DeadLetterProducer | None,
-    ) -> None:
+    def _shutdown(self, processor: StreamProcessor) -> None:
         """Drain, commit and close, all within the grace period."""
         grace = self.settings.shutdown.grace_period
-        deadline = time.monotonic() + grace
         _log.info("shutting down", grace_period=grace)
-        unsent = processor.drain(deadline)
-        # Calls still running at the deadline are cancelled; their records stay uncommitted.
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cancel.set)
-        timer.start()
-        unsent += pool.stop(drain=True, timeout=max(0.0, deadline - time.monotonic()) + 1)
-        timer.cancel()
-        self._cancel.set()
-        processor.settle_all()
-        if dlq is not None:
-            left = dlq.flush(max(0.5, deadline - time.monotonic()))
-            processor.settle_all()
-            if left:
-                _log.warning("dead-letter writes unconfirmed at exit", count=left)
-        self.summary.undelivered_at_exit = sum(len(chunk) for chunk in unsent)
-        processor.commit_final(max(deadline, time.monotonic() + 1.0))
-        processor.consumer.close()
+        self.summary.undelivered_at_exit = processor.close(time.monotonic() + grace)
         _log.info(
             "sidecar stopped",
             consumed=self.summary.consumed,

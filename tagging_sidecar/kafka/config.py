@@ -50,3 +50,41 @@ def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     }
     conf.update(settings.librdkafka_security())
     return conf
+
+
+# Consumer-only librdkafka properties: a producer would only warn that it ignores them.
+_CONSUMER_ONLY = (
+    "auto.",
+    "fetch.",
+    "queued.",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "group.",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "consume.callback.max.messages",
+)
+
+
+def dead_letter_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """The dead-letter producer: the consumer's security and client properties, compressed,
+    and accepting records as large as the consumer can read (the broker judges the compressed
+    batch; what it still refuses is written again truncated)."""
+    conf = producer_config(settings, client_id)
+    conf.update(
+        {
+            "compression.type": "zstd",
+            "message.max.bytes": 64 * 1024 * 1024,
+        }
+    )
+    conf.update(
+        {
+            key: value
+            for key, value in settings.properties.items()
+            if not key.startswith(_CONSUMER_ONLY)
+        }
+    )
+    return conf

@@ -74,6 +74,8 @@ class Timing:
     pause_after: float = 1.0  #: how long the pipeline may stay full before partitions pause
     grace: float = 20.0  #: drain on shutdown, wait for in-flight work on revoke
     committed_timeout: float = 10.0  #: reading committed offsets on assign
+    wait_step: float = 0.05  #: one wait for results while draining or revoking
+    full_wait: float = 0.1  #: one wait for results while the pipeline is full
 
 
 class StreamProcessor:
@@ -134,7 +136,7 @@ class StreamProcessor:
                 # the group keeps us while nothing moves.
                 self.partitions.pause_all()
                 self._ingest_all(self.consumer.consume(self._timing.consume_batch, 0))
-            self._apply(self._outcomes.take(0.1))
+            self._apply(self._outcomes.take(self._timing.full_wait))
         else:
             self._full_since = None
             self.partitions.resume_all()
@@ -221,7 +223,7 @@ class StreamProcessor:
         while self.inflight.held(tps) and self._clock() < deadline and not self._cancel.is_set():
             if self._dead_letters is not None:
                 self._dead_letters.poll(0)
-            self._apply(self._outcomes.take(0.05))
+            self._apply(self._outcomes.take(self._timing.wait_step))
         self._committer.commit_now(tps)
         self._forget(tps)
         _log.info("partitions revoked", partitions=_names(revoked))
@@ -253,26 +255,45 @@ class StreamProcessor:
 
     # -- shutdown -------------------------------------------------------------------------
 
-    def drain(self, deadline: float) -> list[Chunk]:
-        """Hand everything read to the pool and let it finish by ``deadline``; return what
-        was never sent. Then commit what was delivered."""
+    def close(self, deadline: float) -> int:
+        """Drain, commit and close the consumer, all by ``deadline`` (a time of the clock).
+
+        Everything read is handed to the pool; calls still running at the deadline are
+        cancelled and their records stay uncommitted. Returns how many records were never sent.
+        """
         self.partitions.pause_all()
         while self._pending and self._clock() < deadline:
-            self._apply(self._outcomes.take(0.05))
+            self._apply(self._outcomes.take(self._timing.wait_step))
             self._flush()
-        left = [chunk for _, chunk in self._pending]
+        unsent = [chunk for _, chunk in self._pending]
         self._pending.clear()
-        return left
+        remaining = max(0.0, deadline - self._clock())
+        timer = threading.Timer(remaining, self._cancel.set)
+        timer.start()
+        unsent += self._pool.stop(drain=True, timeout=remaining + 1.0)
+        timer.cancel()
+        self._cancel.set()
+        self._settle_all()
+        if self._dead_letters is not None:
+            left = self._dead_letters.flush(max(0.5, deadline - self._clock()))
+            self._settle_all()
+            if left:
+                _log.warning("dead-letter writes unconfirmed at exit", count=left)
+        for chunk in unsent:
+            for record in chunk:
+                self._router.settle(record)
+        self._commit_final(max(deadline, self._clock() + 1.0))
+        self.consumer.close()
+        return sum(len(chunk) for chunk in unsent)
 
-    def commit_final(self, deadline: float) -> None:
-        """The last commit, asynchronous and served until ``deadline`` at the latest, so a
-        coordinator that does not answer cannot hold the shutdown past the grace period."""
+    def _commit_final(self, deadline: float) -> None:
+        # Asynchronous and served until the deadline at the latest, so a coordinator that does
+        # not answer cannot hold the shutdown past the grace period.
         self._committer.maybe_commit(force=True)
         while self._committer.in_flight and self._clock() < deadline:
-            self.consumer.consume(1, 0.1)
+            self.consumer.consume(1, self._timing.wait_step)
 
-    def settle_all(self) -> None:
-        """Apply every result that has arrived, and serve dead-letter reports."""
+    def _settle_all(self) -> None:
         if self._dead_letters is not None:
             self._dead_letters.poll(0)
         self._apply(self._outcomes.take())

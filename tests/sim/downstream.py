@@ -43,6 +43,8 @@ class FakeServer:
     """What the server does with the next calls; ``stored`` is what it kept, in order."""
 
     idempotent: bool = False
+    #: validate the whole call before storing any of it (else store up to a rejected id)
+    atomic: bool = False
     single_only: bool = False
     reject_ids: set[str] = field(default_factory=set)
     #: statuses to answer the next calls with, before storing anything
@@ -70,6 +72,8 @@ class FakeServer:
         if method == BATCH_METHOD and self.single_only:
             raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "no StreamMetricBatch")
         ids = self._ids(method, messages)
+        if self.atomic and self.reject_ids.intersection(ids):
+            raise FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "rejected id")
         received = 0
         held = set(self.stored) if self.idempotent else set()
         for record_id in ids:

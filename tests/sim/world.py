@@ -1,0 +1,256 @@
+"""The real stream processor wired to deterministic fakes: Kafka, the pool, the downstream,
+the dead-letter producer and the clock. Nothing runs on another thread and nothing sleeps:
+time moves only when the processor waits (``Outcomes.take`` with a timeout) or a test says so,
+and pool batches complete only when a test (or a wait) runs them, in any order it picks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from tagging_sidecar.config import GrpcSettings, InputFormat, Ordering, TombstonePolicy
+from tagging_sidecar.decode import decoder_for
+from tagging_sidecar.errors import SidecarError
+from tagging_sidecar.forward import HavilahClient
+from tagging_sidecar.forward.dispatcher import ForwardingDispatcher
+from tagging_sidecar.kafka.commit import Committer
+from tagging_sidecar.kafka.inflight import InFlight
+from tagging_sidecar.kafka.ingest import Ingest
+from tagging_sidecar.kafka.outcomes import Outcome, OutcomeRouter, Outcomes, Tally
+from tagging_sidecar.kafka.partitions import PartitionStates
+from tagging_sidecar.kafka.processor import StreamProcessor, Timing
+from tagging_sidecar.kafka.records import Chunk, Record
+from tagging_sidecar.observe.health import HealthState
+from tagging_sidecar.observe.metrics import Metrics
+from tagging_sidecar.pool import PoolStats, Rejected
+from tagging_sidecar.produce import encode, make_record
+
+from .downstream import FakeServer
+from .kafka import FakeBroker, FakeConsumer
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ManualPool:
+    """The pool's protocol with batches run on demand by the real forwarding dispatcher.
+
+    Chunks of one key are run in the order they were offered, as the real pool does; chunks of
+    different keys complete in whatever order the test picks.
+    """
+
+    def __init__(
+        self,
+        dispatcher: ForwardingDispatcher,
+        on_done: Callable[[list[Chunk], list[Rejected[Chunk]]], None],
+        capacity: int,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._on_done = on_done
+        self._capacity = capacity
+        self.queued: list[tuple[Hashable | None, Chunk]] = []
+        self.stopped = False
+
+    def offer(self, item: Chunk, key: Hashable | None = None, weight: int = 1) -> bool:
+        """Queue ``item`` if fewer than ``capacity`` records wait."""
+        if self.stopped:
+            return False
+        if sum(len(c) for _, c in self.queued) + weight > self._capacity and self.queued:
+            return False
+        self.queued.append((key, item))
+        return True
+
+    def runnable(self) -> list[int]:
+        """Indexes of queued chunks that may run now (first of their key)."""
+        seen: set[Hashable | None] = set()
+        ready = []
+        for index, (key, _) in enumerate(self.queued):
+            if key is None or key not in seen:
+                ready.append(index)
+            if key is not None:
+                seen.add(key)
+        return ready
+
+    def run(self, index: int) -> None:
+        """Send one queued chunk through the dispatcher and report its result."""
+        _, chunk = self.queued.pop(index)
+        try:
+            rejected = list(self._dispatcher.process([chunk]))
+        except SidecarError as exc:  # as the real pool does: the whole batch failed with it
+            rejected = [Rejected(chunk, exc)]
+        self._on_done([chunk], rejected)
+
+    def withdraw(self, predicate: Callable[[Chunk], bool]) -> list[Chunk]:
+        """Take back queued chunks ``predicate`` selects."""
+        taken = [chunk for _, chunk in self.queued if predicate(chunk)]
+        self.queued = [(k, c) for k, c in self.queued if not predicate(c)]
+        return taken
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> list[Chunk]:
+        """Run everything queued (a complete drain)."""
+        while drain and self.queued:
+            self.run(0)
+        self.stopped = True
+        left = [chunk for _, chunk in self.queued]
+        self.queued = []
+        return left
+
+    def stats(self) -> PoolStats:
+        """Gauges."""
+        backlog = sum(len(c) for _, c in self.queued)
+        return PoolStats(1, 1, backlog, 0, 0, 0, 0)
+
+
+@dataclass
+class FakeDeadLetters:
+    """A dead-letter producer whose acknowledgements come when the test releases them."""
+
+    on_done: Callable[[Record, str | None], None]
+    topic: str = "dlq"
+    waiting: list[Record] = field(default_factory=list)
+    acked: list[Record] = field(default_factory=list)
+
+    def send(self, record: Record, error: BaseException) -> None:
+        self.waiting.append(record)
+
+    def ack(self, count: int) -> None:
+        """Acknowledge the oldest ``count`` writes."""
+        for record in self.waiting[:count]:
+            self.acked.append(record)
+            self.on_done(record, None)
+        del self.waiting[:count]
+
+    def poll(self, timeout: float = 0.0) -> None:
+        return None
+
+    def flush(self, timeout: float) -> int:
+        self.ack(len(self.waiting))
+        return 0
+
+
+class SimOutcomes(Outcomes):
+    """The outcome channel; a wait lets simulated time pass and the pool make progress."""
+
+    def __init__(self, on_wait: Callable[[float], None]) -> None:
+        super().__init__()
+        self._on_wait = on_wait
+
+    def take(self, timeout: float = 0.0) -> list[Outcome]:
+        """Whatever arrived; a wait first advances the world by ``timeout``."""
+        if timeout > 0:
+            self._on_wait(timeout)
+        return super().take()
+
+
+@dataclass
+class Limits:
+    """The bounds the simulated sidecar runs with."""
+
+    max_records: int = 12
+    max_bytes: int = 1 << 20
+    consume_batch: int = 5
+    pool_capacity: int = 8
+
+
+class Sidecar:
+    """One simulated sidecar process: a consumer and the real processor over fakes."""
+
+    def __init__(
+        self, broker: FakeBroker, server: FakeServer, clock: FakeClock, limits: Limits
+    ) -> None:
+        self.clock = clock
+        self.limits = limits
+        self.consumer = FakeConsumer(broker)
+        self.outcomes = SimOutcomes(self.wait)
+        self.metrics = Metrics()
+        self.tally = Tally()
+        self.cancel = threading.Event()
+        settings = GrpcSettings(retry_initial_backoff=1e-6, retry_max_backoff=1e-6, max_attempts=3)
+        client = HavilahClient(settings, server, cancel=self.cancel)
+        self.pool = ManualPool(
+            ForwardingDispatcher(client, 1.0),
+            self.outcomes.batch_done,
+            limits.pool_capacity,
+        )
+        self.dlq = FakeDeadLetters(self.outcomes.dead_letter_done)
+        self.partitions = PartitionStates(self.consumer)
+        self.inflight = InFlight(limits.max_records, limits.max_bytes)
+        router = OutcomeRouter(
+            partitions=self.partitions,
+            inflight=self.inflight,
+            dead_letters=self.dlq,
+            metrics=self.metrics,
+            tally=self.tally,
+            cancel=self.cancel,
+        )
+        committer = Committer(
+            consumer=self.consumer,
+            partitions=self.partitions,
+            metrics=self.metrics,
+            interval=1.0,
+            every=7,
+            clock=clock,
+        )
+        self.consumer.on_commit = committer.on_commit
+        self.health = HealthState(stall_timeout=60, tick_timeout=60, clock=clock)
+        self.processor = StreamProcessor(
+            consumer=self.consumer,
+            pool=self.pool,
+            outcomes=self.outcomes,
+            partitions=self.partitions,
+            inflight=self.inflight,
+            router=router,
+            ingest=Ingest(
+                decode=decoder_for(InputFormat.PROTOBUF, 1 << 20),
+                tombstones=TombstonePolicy.SKIP,
+                ordering=Ordering.KEY,
+                lanes=4,
+                partitions=self.partitions,
+                inflight=self.inflight,
+                router=router,
+                metrics=self.metrics,
+                tally=self.tally,
+            ),
+            committer=committer,
+            health=self.health,
+            metrics=self.metrics,
+            tally=self.tally,
+            cancel=self.cancel,
+            dead_letters=self.dlq,
+            timing=Timing(consume_batch=limits.consume_batch, idle_poll=0.0, grace=5.0),
+            clock=clock,
+        )
+        self.consumer.subscribe(
+            ["t"],
+            on_assign=self.processor.on_assign,
+            on_revoke=self.processor.on_revoke,
+            on_lost=self.processor.on_lost,
+        )
+
+    def wait(self, seconds: float) -> None:
+        """Time passes while the processor waits: the pool finishes one batch, if any."""
+        self.clock.now += seconds
+        ready = self.pool.runnable()
+        if ready:
+            self.pool.run(ready[0])
+        self.dlq.ack(1)
+
+
+def record_value(record_id: str, kind: str) -> bytes | None:
+    """The bytes of a produced record: valid, undecodable ("poison") or null ("tombstone")."""
+    if kind == "poison":
+        return b"\xff not a Tagging"
+    if kind == "tombstone":
+        return None
+    record = make_record("s", 0)
+    record.id = record_id
+    return encode(record, InputFormat.PROTOBUF)

@@ -1,0 +1,191 @@
+"""The real stream processor against a deterministic Kafka, pool, downstream and clock.
+
+Hypothesis interleaves produce, poll steps, completions in any order, dead-letter
+acknowledgements, downstream outages, revoke / assign / lost, crashes with restarts from the
+committed offsets, and SIGTERM. After every step:
+
+* a committed offset never passes a record that is neither acknowledged nor dead-lettered,
+  and the done offsets in the commit metadata are all really settled;
+* a partition is never committed by a member that does not own it (lost partitions);
+* without a crash or a lost partition, the server never receives a record twice (clean
+  rebalances and clean stops repeat nothing);
+* records and bytes in flight stay within their bounds;
+and at quiescence every produced record was delivered or dead-lettered and every partition
+(including one handed back while paused) was read to its end.
+"""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tagging_sidecar.kafka.offsetmap import decode_done
+
+from ..sim.downstream import FakeServer
+from ..sim.kafka import TP, FakeBroker
+from ..sim.world import FakeClock, Limits, Sidecar, record_value
+
+PARTITIONS = [("t", 0), ("t", 1), ("t", 2)]
+KINDS = st.sampled_from(["ok"] * 6 + ["poison", "reject", "tombstone"])
+SUBSETS = st.lists(st.sampled_from(PARTITIONS), min_size=1, max_size=3, unique=True)
+
+
+class DeliveryMachine(RuleBasedStateMachine):
+    """One sidecar at a time (restarted after a crash or a stop) over one broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broker = FakeBroker()
+        self.broker.create("t", len(PARTITIONS))
+        self.server = FakeServer(atomic=True)
+        self.clock = FakeClock()
+        self.limits = Limits()
+        self.kinds: dict[tuple[TP, int], tuple[str, str]] = {}
+        self.dead_lettered: set[tuple[TP, int]] = set()
+        self.repeats_allowed = False
+        self.produced = 0
+        self.sidecar = self._start()
+
+    def _start(self) -> Sidecar:
+        sidecar = Sidecar(self.broker, self.server, self.clock, self.limits)
+        self.consumers = [*getattr(self, "consumers", []), sidecar.consumer]
+        return sidecar
+
+    def _settled(self, tp: TP, offset: int) -> bool:
+        record_id, kind = self.kinds[(tp, offset)]
+        if kind == "tombstone":
+            return True
+        return record_id in self.stored or (tp, offset) in self.dead_lettered
+
+    def _collect_dead_letters(self) -> None:
+        for record in self.sidecar.dlq.acked:
+            self.dead_lettered.add(((record.topic, record.partition), record.offset))
+
+    # -- rules --------------------------------------------------------------------------
+
+    @rule(tp=st.sampled_from(PARTITIONS), kind=KINDS, count=st.integers(1, 6))
+    def produce(self, tp: TP, kind: str, count: int) -> None:
+        for _ in range(count):
+            self.produced += 1
+            record_id = f"r{self.produced}"
+            if kind == "reject":
+                self.server.reject_ids.add(record_id)
+            message = self.broker.append(
+                tp, f"k{self.produced % 5}".encode(), record_value(record_id, kind)
+            )
+            self.kinds[(tp, message.offset())] = (record_id, kind)
+
+    @rule()
+    def poll(self) -> None:
+        self.sidecar.processor.step()
+
+    @rule(pick=st.integers(0, 50))
+    def complete_a_batch(self, pick: int) -> None:
+        ready = self.sidecar.pool.runnable()
+        if ready:
+            self.sidecar.pool.run(ready[pick % len(ready)])
+
+    @rule(count=st.integers(1, 5))
+    def acknowledge_dead_letters(self, count: int) -> None:
+        self.sidecar.dlq.ack(count)
+
+    @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 2.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    @rule(failures=st.integers(1, 4))
+    def downstream_outage(self, failures: int) -> None:
+        import grpc
+
+        self.server.fail_next.extend([grpc.StatusCode.UNAVAILABLE] * failures)
+
+    @rule(tps=SUBSETS)
+    def revoke(self, tps: list[TP]) -> None:
+        self.sidecar.consumer.schedule("revoke", tps)
+
+    @rule(tps=SUBSETS)
+    def assign(self, tps: list[TP]) -> None:
+        self.sidecar.consumer.schedule("assign", tps)
+
+    @rule(tps=SUBSETS)
+    def lose(self, tps: list[TP]) -> None:
+        self.repeats_allowed = True
+        self.sidecar.consumer.schedule("lost", tps)
+
+    @rule()
+    def crash_and_restart(self) -> None:
+        self.repeats_allowed = True
+        self._collect_dead_letters()
+        self.sidecar = self._start()
+
+    @rule()
+    def sigterm_and_restart(self) -> None:
+        self.sidecar.processor.close(self.clock.now + 5.0)
+        self._collect_dead_letters()
+        self.sidecar = self._start()
+
+    @precondition(lambda self: self.produced > 0)
+    @rule()
+    def quiesce(self) -> None:
+        """Downstream healthy, every partition assigned: everything settles and is committed."""
+        self.server.fail_next.clear()
+        sidecar = self.sidecar
+        sidecar.consumer.schedule("assign", PARTITIONS)
+        for _ in range(500):
+            sidecar.processor.step()
+            while sidecar.pool.runnable():
+                sidecar.pool.run(sidecar.pool.runnable()[0])
+            sidecar.dlq.ack(len(sidecar.dlq.waiting))
+            self.clock.now += 1.0
+            self._collect_dead_letters()
+            if self._all_done():
+                break
+        self._collect_dead_letters()
+        unsettled = [key for key in self.kinds if not self._settled(*key)]
+        assert unsettled == []
+        assert self._all_done(), "a partition was never read to its end"
+        assert sidecar.inflight.records == 0 and sidecar.inflight.bytes == 0
+
+    def _all_done(self) -> bool:
+        return all(
+            self.broker.committed.get(tp, (0, ""))[0] == len(self.broker.logs[tp])
+            for tp in PARTITIONS
+        ) and all(self._settled(*key) for key in self.kinds)
+
+    # -- invariants -----------------------------------------------------------------------
+
+    @property
+    def stored(self) -> set[str]:
+        return set(self.server.stored)
+
+    @invariant()
+    def commits_never_pass_an_unsettled_record(self) -> None:
+        self._collect_dead_letters()
+        for tp, (position, metadata) in self.broker.committed.items():
+            for offset in range(position):
+                assert self._settled(tp, offset), f"{tp}@{offset} committed but never settled"
+            for offset in decode_done(position, metadata):
+                assert self._settled(tp, offset), f"{tp}@{offset} marked done but not settled"
+
+    @invariant()
+    def a_partition_is_committed_only_by_its_owner(self) -> None:
+        assert all(not consumer.foreign_commits for consumer in self.consumers)
+
+    @invariant()
+    def clean_rebalances_and_stops_repeat_nothing(self) -> None:
+        if not self.repeats_allowed:
+            assert len(self.server.stored) == len(self.stored)
+
+    @invariant()
+    def in_flight_stays_within_bounds(self) -> None:
+        inflight = self.sidecar.inflight
+        limit = self.limits.max_records + self.limits.consume_batch
+        assert 0 <= inflight.records <= limit
+        assert inflight.bytes >= 0
+
+
+DeliveryMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=40, deadline=None
+)
+TestDeliveryMachine = DeliveryMachine.TestCase
