@@ -535,6 +535,7 @@ class Sidecar:
 
     def _forget(self, tps: set[TP]) -> None:
         self._watermarks.forget(tps)
+        self.metrics.forget_partitions(tps)
         self._assigned.difference_update(tps)
         self._paused.difference_update(tps)
         for tp in tps:
@@ -608,7 +609,7 @@ class Sidecar:
         )
 
     def _on_stats(self, stats_json: str) -> None:
-        apply_statistics(stats_json, self.metrics)
+        apply_statistics(stats_json, self.metrics, self._assigned)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         if error.fatal():
