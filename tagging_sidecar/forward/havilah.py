@@ -10,11 +10,13 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
+from grpc import aio
 
 from tagging_sidecar.config import GrpcMode, GrpcSettings
 from tagging_sidecar.errors import ForwardError, PermanentForwardError, RetryableForwardError
@@ -54,6 +56,10 @@ class HavilahClient:
         self._on_retry = on_retry
         self._batch = settings.mode is GrpcMode.BATCH
         self._transport = AioTransport(settings, (BATCH_METHOD, SINGLE_METHOD), on_state=on_state)
+
+    def background(self, work: Callable[[aio.Channel], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work(channel)`` on the client's event loop until :meth:`close`."""
+        self._transport.background(work)
 
     def close(self) -> None:
         """Close the channel."""

@@ -28,6 +28,8 @@ class HealthState:
         self._moved = clock()
         self.in_group = False
         self.downstream_up = False
+        #: why the downstream is not up (set together with ``downstream_up``)
+        self.downstream_reason = "gRPC downstream not reachable"
         self.halted_reason: str | None = None
 
     def tick(self) -> None:
@@ -56,7 +58,7 @@ class HealthState:
         if not self.in_group:
             return False, "not in the consumer group yet"
         if not self.downstream_up:
-            return False, "gRPC downstream not reachable"
+            return False, self.downstream_reason
         stalled = self.stalled_for()
         if stalled > self._stall_timeout:
             return False, f"commit watermark stuck for {stalled:.0f} s"
