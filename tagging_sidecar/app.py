@@ -19,7 +19,6 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -32,7 +31,7 @@ from tagging_sidecar.errors import (
     PoolClosed,
     SidecarError,
 )
-from tagging_sidecar.forward import CallResult, HavilahClient
+from tagging_sidecar.forward import CallResult, DownstreamHealth, HavilahClient
 from tagging_sidecar.kafka.config import consumer_config, producer_config
 from tagging_sidecar.kafka.deadletter import DeadLetterProducer, FailureRateGuard
 from tagging_sidecar.kafka.records import Chunk, Record, chunk_by_unit
@@ -149,13 +148,15 @@ class Sidecar:
                 ) from None
             http.start()
             self.http_port = http.port
+        downstream = DownstreamHealth(s.grpc.target, self._on_downstream)
         client = HavilahClient(
             s.grpc,
             cancel=self._cancel,
             observe=self._observe_call,
             on_retry=self.metrics.records_retried.inc,
-            on_state=self._on_channel_state,
+            on_state=downstream.on_state,
         )
+        client.background(downstream.watch)
         self._client = client
         self._pool = WorkerPool(
             lambda: _ForwardingDispatcher(client, ready_timeout=min(5.0, s.grpc.timeout)),
@@ -602,11 +603,9 @@ class Sidecar:
         if result.code == "OK":
             self.metrics.batch_size.observe(result.records)
 
-    def _on_channel_state(self, state: grpc.ChannelConnectivity) -> None:
-        self.health.downstream_up = state in (
-            grpc.ChannelConnectivity.READY,
-            grpc.ChannelConnectivity.IDLE,
-        )
+    def _on_downstream(self, up: bool, reason: str) -> None:
+        self.health.downstream_reason = reason
+        self.health.downstream_up = up
 
     def _on_stats(self, stats_json: str) -> None:
         apply_statistics(stats_json, self.metrics, self._assigned)
