@@ -37,7 +37,7 @@ from tagging_sidecar.kafka.deadletter import DeadLetterProducer, FailureRateGuar
 from tagging_sidecar.kafka.records import Chunk, Record, chunk_by_unit
 from tagging_sidecar.kafka.stats import apply_statistics
 from tagging_sidecar.kafka.watermark import Watermarks
-from tagging_sidecar.observe.health import HealthServer, HealthState
+from tagging_sidecar.observe.health import HealthServer, HealthState, tick_timeout
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import Rejected, ScalingPolicy, WorkerPool
 
@@ -103,7 +103,7 @@ class Sidecar:
         self.summary = RunSummary()
         self.health = HealthState(
             stall_timeout=settings.health.stall_timeout,
-            tick_timeout=max(15.0, settings.shutdown.grace_period + 10.0),
+            tick_timeout=tick_timeout(settings.shutdown.grace_period),
         )
         self._serve_http = serve_http
         self.http_port: int | None = None
