@@ -124,12 +124,13 @@ class Supervisor:
             namespace=NAMESPACE,
             registry=registry,
         )
-        self.metrics = ChildrenMetrics(self._views, registry)
+        self.metrics = ChildrenMetrics(self.children, registry)
         self._registry = CollectorRegistry()
         self._registry.register(self.metrics)
         self.http_port: int | None = None
 
-    def _views(self) -> Sequence[Child]:
+    def children(self) -> Sequence[Child]:
+        """Every child: its name and loopback port (None while it is not serving)."""
         return [slot.view() for slot in self._slots]
 
     def _start(self, slot: _Slot) -> None:
@@ -168,7 +169,7 @@ class Supervisor:
             http = HealthServer(
                 s.http.host,
                 s.http.port,
-                ChildrenProbes(self._views, self.health.live),
+                ChildrenProbes(self.children, self.health.live),
                 self._registry,
             )
         except OSError as exc:
