@@ -14,14 +14,13 @@ import socket
 import threading
 import time
 
-import grpc
 import structlog
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from tagging_sidecar.config import Settings
 from tagging_sidecar.decode import decoder_for
 from tagging_sidecar.errors import FatalError
-from tagging_sidecar.forward import CallResult, HavilahClient, connect
+from tagging_sidecar.forward import CallResult, DownstreamHealth, HavilahClient, connect
 from tagging_sidecar.forward.dispatcher import ForwardingDispatcher
 from tagging_sidecar.kafka import deadletter
 from tagging_sidecar.kafka.commit import Committer
@@ -33,7 +32,7 @@ from tagging_sidecar.kafka.partitions import PartitionStates
 from tagging_sidecar.kafka.processor import StreamProcessor, Timing
 from tagging_sidecar.kafka.records import Chunk
 from tagging_sidecar.kafka.stats import apply_statistics
-from tagging_sidecar.observe.health import HealthServer, HealthState
+from tagging_sidecar.observe.health import HealthServer, HealthState, tick_timeout
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import ScalingPolicy, WorkerPool
 
@@ -62,7 +61,7 @@ class Sidecar:
         self.summary = Tally()
         self.health = HealthState(
             stall_timeout=settings.health.stall_timeout,
-            tick_timeout=max(15.0, settings.shutdown.grace_period + 10.0),
+            tick_timeout=tick_timeout(settings.shutdown.grace_period),
         )
         self._serve_http = serve_http
         self.http_port: int | None = None
@@ -71,13 +70,15 @@ class Sidecar:
     def run(self) -> RunSummary:
         """Consume until ``stop_event`` is set, then drain, commit and close."""
         http = self._serve() if self._serve_http else None
+        downstream = DownstreamHealth(self.settings.grpc.target, self._on_downstream)
         client = connect(
             self.settings.grpc,
             cancel=self._cancel,
             observe=self._observe_call,
             on_retry=self.metrics.records_retried.inc,
-            on_state=self._on_channel_state,
+            on_state=downstream.on_state,
         )
+        client.background(downstream.watch)
         try:
             processor = self._build(client)
             try:
@@ -127,15 +128,10 @@ class Sidecar:
                 truncate_to=s.dlq.truncate_to,
             )
         conf = consumer_config(s.kafka, client_id)
-        # librdkafka takes its callbacks at construction, before the committer (which needs
-        # the consumer) exists: the commit callback is looked up when it fires.
-        committers: list[Committer] = []
-
-        def on_commit(error: KafkaError | None, tps: list[TopicPartition]) -> None:
-            committers[0].on_commit(error, tps)
-
-        conf["on_commit"] = on_commit
-        conf["stats_cb"] = lambda stats: apply_statistics(stats, self.metrics)
+        # librdkafka takes its callbacks at construction, before the parts that need the
+        # consumer exist; they fire only inside consume(), when the processor is there.
+        conf["on_commit"] = self._on_commit
+        conf["stats_cb"] = self._on_stats
         conf["error_cb"] = self._on_kafka_error
         consumer = Consumer(conf, logger=_librdkafka_log)
         partitions = PartitionStates(consumer)
@@ -156,7 +152,6 @@ class Sidecar:
             every=s.kafka.commit_every,
             on_moved=self.health.watermark_moved,
         )
-        committers.append(committer)
         ingest = Ingest(
             decode=decoder_for(s.decode.format, s.grpc.max_message_bytes - 1024),
             tombstones=s.decode.tombstones,
@@ -231,13 +226,15 @@ class Sidecar:
         if result.code == "OK":
             self.metrics.batch_size.observe(result.records)
 
-    def _on_channel_state(self, state: grpc.ChannelConnectivity) -> None:
-        self.health.downstream_up = state in (
-            grpc.ChannelConnectivity.READY,
-            grpc.ChannelConnectivity.IDLE,
-        )
+    def _on_downstream(self, up: bool, reason: str) -> None:
+        self.health.downstream_reason = reason
+        self.health.downstream_up = up
+
+    def _on_commit(self, error: KafkaError | None, tps: list[TopicPartition]) -> None:
+        self._processor.committer.on_commit(error, tps)
+
+    def _on_stats(self, stats_json: str) -> None:
+        apply_statistics(stats_json, self.metrics, self._processor.partitions)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
-        processor = getattr(self, "_processor", None)
-        if processor is not None:
-            processor.on_error(error)
+        self._processor.on_error(error)

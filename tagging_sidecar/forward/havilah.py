@@ -10,12 +10,13 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import structlog
+from grpc import aio
 
 from tagging_sidecar.config import GrpcMode, GrpcSettings
 from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
@@ -51,6 +52,9 @@ class Transport(Protocol):
     def wait_ready(self, timeout: float) -> bool:
         """Whether the channel became ready within ``timeout`` seconds."""
 
+    def background(self, work: Callable[[aio.Channel], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work(channel)`` alongside the calls until :meth:`close`."""
+
     def close(self) -> None:
         """Release the channel."""
 
@@ -72,6 +76,10 @@ class HavilahClient:
         self._on_retry = on_retry
         self._batch = settings.mode is GrpcMode.BATCH
         self._transport = transport
+
+    def background(self, work: Callable[[aio.Channel], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work(channel)`` on the client's event loop until :meth:`close`."""
+        self._transport.background(work)
 
     def close(self) -> None:
         """Close the channel."""

@@ -94,6 +94,10 @@ class AioTransport:
             await self._channel.wait_for_state_change(state)
             state = self._channel.get_state(try_to_connect=True)
 
+    def background(self, work: Callable[[aio.Channel], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work(channel)`` on the loop until :meth:`close` (e.g. periodic health checks)."""
+        asyncio.run_coroutine_threadsafe(work(self._channel), self._loop)
+
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the loop and wait for its result from this thread.
 

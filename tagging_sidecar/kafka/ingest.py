@@ -36,6 +36,7 @@ class Message(Protocol):
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
     def headers(self) -> Headers | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
 
 
 class Ingest:
@@ -103,7 +104,8 @@ class Ingest:
     ) -> Record | None:
         value = message.value()
         key, headers = message.key(), message.headers()
-        record = Record(tp[0], tp[1], offset, key, b"", watermark, value, headers)
+        stamp = message.timestamp()[1]
+        record = Record(tp[0], tp[1], offset, key, b"", watermark, value, headers, stamp)
         if value is None:
             self._tombstone(record)
             return None

@@ -156,6 +156,10 @@ class OutcomeRouter:
             self._inflight.release(tp, settled, size)
         self._tally.forwarded += forwarded
         self._metrics.records_forwarded.inc(forwarded)
+        # Freshness: the oldest and newest record of each chunk (chunks are in offset order).
+        self._metrics.observe_record_ages(
+            [stamp for c in outcome.chunks for stamp in (c[0].timestamp, c[-1].timestamp)]
+        )
         self.guard.delivered(ok=forwarded)
 
     def _undelivered(self, record: Record, error: BaseException) -> None:

@@ -93,6 +93,9 @@ class PartitionStates:
         """Whether a result that carries ``watermark`` still belongs to this assignment."""
         return self._watermarks.get(tp) is watermark
 
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._watermarks
+
     def assigned(self) -> list[TP]:
         """Assigned partitions, sorted."""
         return sorted(self._watermarks)

@@ -107,7 +107,7 @@ class StreamProcessor:
         self.inflight = inflight
         self._router = router
         self._ingest = ingest
-        self._committer = committer
+        self.committer = committer
         self.health = health
         self._metrics = metrics
         self.tally = tally
@@ -147,7 +147,7 @@ class StreamProcessor:
             self._ingest_all(messages)
         if self._dead_letters is not None:
             self._dead_letters.poll(0)
-        self._committer.maybe_commit()
+        self.committer.maybe_commit()
         self.health.halted_reason = self.partitions.halted_reason()
         self.fatal = self.fatal or self._router.fatal
         if self.fatal is not None:
@@ -181,7 +181,7 @@ class StreamProcessor:
         router = self._router
         for outcome in outcomes:
             router.apply(outcome)
-        self._committer.settled(self.tally.forwarded + self.tally.dead_lettered - before)
+        self.committer.settled(self.tally.forwarded + self.tally.dead_lettered - before)
         for record in router.resend:
             # A local failure, not the server's verdict: the record goes out again.
             self._pending.append(((record.topic, record.partition), [record]))
@@ -224,7 +224,7 @@ class StreamProcessor:
             if self._dead_letters is not None:
                 self._dead_letters.poll(0)
             self._apply(self._outcomes.take(self._timing.wait_step))
-        self._committer.commit_now(tps)
+        self.committer.commit_now(tps)
         self._forget(tps)
         _log.info("partitions revoked", partitions=_names(revoked))
 
@@ -289,8 +289,8 @@ class StreamProcessor:
     def _commit_final(self, deadline: float) -> None:
         # Asynchronous and served until the deadline at the latest, so a coordinator that does
         # not answer cannot hold the shutdown past the grace period.
-        self._committer.maybe_commit(force=True)
-        while self._committer.in_flight and self._clock() < deadline:
+        self.committer.maybe_commit(force=True)
+        while self.committer.in_flight and self._clock() < deadline:
             self.consumer.consume(1, self._timing.wait_step)
 
     def _settle_all(self) -> None:

@@ -25,6 +25,8 @@ class Record:
     watermark: PartitionWatermark
     original: bytes | None = None
     headers: Headers | None = None
+    #: the Kafka timestamp in milliseconds (0 when the record has none)
+    timestamp: int = 0
 
     @property
     def value(self) -> bytes | None:

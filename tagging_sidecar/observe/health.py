@@ -7,12 +7,32 @@ commit watermark is not stuck.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+def tick_timeout(grace_period: float) -> float:
+    """Seconds without a tick after which the poll loop counts as dead: a revoke may block it
+    for up to the grace period while in-flight records drain."""
+    return max(15.0, grace_period + 10.0)
+
+
+class Probes(Protocol):
+    """What ``/livez`` and ``/readyz`` answer: (ok, reason)."""
+
+    def live(self) -> tuple[bool, str]:
+        """Liveness."""
+        ...
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness."""
+        ...
 
 
 class HealthState:
@@ -28,11 +48,18 @@ class HealthState:
         self._moved = clock()
         self.in_group = False
         self.downstream_up = False
+        #: why the downstream is not up (set together with ``downstream_up``)
+        self.downstream_reason = "gRPC downstream not reachable"
         self.halted_reason: str | None = None
+        #: shared with a supervising parent process, which restarts a child that stops ticking
+        self.heartbeat: ctypes.c_double | None = None
 
     def tick(self) -> None:
         """Called by the poll loop on every pass."""
         self._last_tick = self._clock()
+        if self.heartbeat is not None:
+            # CLOCK_MONOTONIC is one clock for every process of the machine.
+            self.heartbeat.value = time.monotonic()
 
     def watermark_moved(self) -> None:
         """Called when a commit position advanced, or when nothing is in flight."""
@@ -56,7 +83,7 @@ class HealthState:
         if not self.in_group:
             return False, "not in the consumer group yet"
         if not self.downstream_up:
-            return False, "gRPC downstream not reachable"
+            return False, self.downstream_reason
         stalled = self.stalled_for()
         if stalled > self._stall_timeout:
             return False, f"commit watermark stuck for {stalled:.0f} s"
@@ -66,7 +93,7 @@ class HealthState:
 class HealthServer:
     """Serves the probes and metrics on ``host:port`` in a background thread."""
 
-    def __init__(self, host: str, port: int, state: HealthState, registry: CollectorRegistry):
+    def __init__(self, host: str, port: int, state: Probes, registry: CollectorRegistry):
         state_ref = state
         registry_ref = registry
 

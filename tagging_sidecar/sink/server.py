@@ -136,6 +136,17 @@ class SinkServer:
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
+    def set_serving(self, serving: bool) -> None:
+        """What the health service answers: ``SERVING`` or ``NOT_SERVING`` (a server that is up
+        but cannot take records, e.g. while its own backend is down)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, status)
+
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving (in-flight calls get ``grace`` seconds) and close the record file."""
         self._health.enter_graceful_shutdown()

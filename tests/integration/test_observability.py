@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -74,3 +75,77 @@ def test_metrics_match_what_happened(
     assert after["tagging_sidecar_commit_duration_seconds_count"] >= 1
     assert after["tagging_sidecar_partitions_paused"] == 0
     assert after["tagging_sidecar_watermark_stalled_seconds"] == 0
+
+
+def partition_series(sidecar: RunningSidecar, name: str) -> set[str]:
+    """Partitions that have a ``name`` series in this sidecar's registry."""
+    return {
+        sample.labels["partition"]
+        for family in sidecar.sidecar.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def test_per_partition_series_follow_the_assignment(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(2)
+    produce({"bootstrap.servers": kafka_bootstrap}, topic, 200)
+    settings = make_settings(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        f"127.0.0.1:{sink.port}",
+        kafka={"properties": {"statistics.interval.ms": 200}},
+    )
+    lag = "tagging_sidecar_consumer_lag_records"
+    offset = "tagging_sidecar_committed_offset"
+    with RunningSidecar(settings) as first:
+        eventually(
+            lambda: partition_series(first, lag) == partition_series(first, offset) == {"0", "1"}
+        )
+        with RunningSidecar(settings) as second:
+            # Cooperative rebalance: one partition moves to the second member; the first stops
+            # reporting it, although librdkafka's statistics may still describe it.
+            eventually(lambda: len(partition_series(first, offset)) == 1, timeout=60)
+            kept = partition_series(first, offset)
+            moved = {"0", "1"} - kept
+            produce({"bootstrap.servers": kafka_bootstrap}, topic, 200)  # the second commits
+            eventually(
+                lambda: partition_series(second, offset) == partition_series(second, lag) == moved
+            )
+            assert partition_series(first, lag) == kept
+            assert partition_series(first, offset) == kept
+
+
+def test_readyz_follows_the_downstream_health_service(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+) -> None:
+    topic = topic_factory(1)
+    settings = make_settings(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}")
+    sink.set_serving(False)
+    with RunningSidecar(settings) as running:
+        eventually(lambda: running.sidecar.http_port is not None, timeout=30)
+        readyz = f"http://127.0.0.1:{running.sidecar.http_port}/readyz"
+
+        def answer() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(readyz, timeout=5) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        eventually(lambda: "NOT_SERVING" in answer()[1], timeout=60)
+        status, body = answer()
+        assert status == 503
+        assert f"127.0.0.1:{sink.port}" in body
+        sink.set_serving(True)
+        eventually(lambda: answer() == (200, "ok\n"), timeout=60)

@@ -101,5 +101,8 @@ class FakeServer:
         """Always ready."""
         return True
 
+    def background(self, work: object) -> None:
+        """No channel to watch."""
+
     def close(self) -> None:
         """Nothing to release."""
