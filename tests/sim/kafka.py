@@ -53,6 +53,9 @@ class FakeMessage:
     def headers(self) -> list[tuple[str, str | bytes | None]] | None:
         return self._headers
 
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_000_000 + self._offset)
+
 
 @dataclass
 class CommitResult:
