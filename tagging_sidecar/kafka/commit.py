@@ -63,6 +63,10 @@ class Committer:
         self._settled = 0
         self._in_flight_since: float | None = None
 
+    def has_uncommitted(self) -> bool:
+        """Whether any assigned partition's position moved past its last commit."""
+        return any(w.uncommitted() is not None for _, w in self._partitions.items())
+
     def settled(self, count: int) -> None:
         """``count`` more records were settled (the count cadence)."""
         self._settled += count
@@ -91,6 +95,7 @@ class Committer:
         except KafkaException as exc:
             self._in_flight_since = None
             self._failed(exc)
+            self._resend(offsets)
 
     def commit_now(self, only: set[TP] | None = None) -> None:
         """Commit synchronously (revoke, shutdown) the partitions in ``only`` (all if None)."""
@@ -102,6 +107,7 @@ class Committer:
             result = self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             self._failed(exc)
+            self._resend(offsets)
             return
         self._metrics.commit_duration.observe(self._clock() - started)
         self._apply(result or [])
@@ -114,6 +120,7 @@ class Committer:
         if error is not None and error.code() != KafkaError._NO_OFFSET:
             self._metrics.commit_failures.inc()
             _log.warning("commit failed", error=error.str())
+            self._resend(partitions)
             return
         self._apply(partitions)
 
@@ -127,11 +134,20 @@ class Committer:
                 continue
             metadata = encode_done(position, watermark.done_above())
             offsets.append(TopicPartition(tp[0], tp[1], position, metadata=metadata))
+            watermark.sent_version = watermark.done_version
         return offsets
+
+    def _resend(self, partitions: list[TopicPartition]) -> None:
+        """A commit failed: its metadata must be sent again with the next one."""
+        for tp in partitions:
+            watermark = self._partitions.watermark((tp.topic, tp.partition))
+            if watermark is not None:
+                watermark.sent_version = -1
 
     def _apply(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             if tp.error is not None:
+                self._resend([tp])
                 self._metrics.commit_failures.inc()
                 _log.warning(
                     "commit of a partition failed",

@@ -289,8 +289,14 @@ class StreamProcessor:
     def _commit_final(self, deadline: float) -> None:
         # Asynchronous and served until the deadline at the latest, so a coordinator that does
         # not answer cannot hold the shutdown past the grace period.
-        self.committer.maybe_commit(force=True)
-        while self.committer.in_flight and self._clock() < deadline:
+        # An earlier asynchronous commit may still be in flight: wait for it, then commit
+        # what moved since, until nothing is left or the deadline passes.
+        committer = self.committer
+        while self._clock() < deadline:
+            if not committer.in_flight:
+                if not committer.has_uncommitted():
+                    return
+                committer.maybe_commit(force=True)
             self.consumer.consume(1, self._timing.wait_step)
 
     def _settle_all(self) -> None:

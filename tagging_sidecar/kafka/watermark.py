@@ -16,7 +16,15 @@ from typing import Generic, TypeVar
 class PartitionWatermark:
     """In-flight offsets of one partition, in the order they were dispatched."""
 
-    __slots__ = ("_done", "_next", "_pending", "committed", "delivered_before")
+    __slots__ = (
+        "_done",
+        "_next",
+        "_pending",
+        "committed",
+        "delivered_before",
+        "done_version",
+        "sent_version",
+    )
 
     def __init__(
         self, committed: int | None = None, delivered_before: frozenset[int] = frozenset()
@@ -28,6 +36,10 @@ class PartitionWatermark:
         self.committed: int | None = committed
         #: offsets above ``committed`` that a previous owner already delivered (commit metadata)
         self.delivered_before = delivered_before
+        #: bumped whenever an offset above the position is done (the commit metadata changed)
+        self.done_version = 0
+        #: ``done_version`` of the last commit sent; -1 when it must be sent again
+        self.sent_version = 0
 
     def track(self, offset: int) -> None:
         """Record that ``offset`` was dispatched; offsets must increase."""
@@ -44,6 +56,7 @@ class PartitionWatermark:
             return
         if offset != pending[0]:
             self._done.add(offset)
+            self.done_version += 1
             return
         last = pending.popleft()
         finished = self._done
@@ -54,14 +67,26 @@ class PartitionWatermark:
             self._next = last + 1
 
     def done_above(self) -> set[int]:
-        """Offsets done above the position: what the commit metadata carries to the next owner."""
-        return self._done
+        """Offsets done above the position: what the commit metadata carries to the next owner.
+
+        Offsets a previous owner delivered and this one has not read yet stay in it, or the
+        next commit would forget them.
+        """
+        if not self.delivered_before:
+            return self._done
+        position = self.position() or 0
+        return self._done | {offset for offset in self.delivered_before if offset > position}
 
     def position(self) -> int | None:
         """The next offset to commit: the lowest in flight, or one past the last one done."""
         if self._pending:
             return self._pending[0]
-        return self._next
+        position = self._next
+        if position is not None and self.delivered_before:
+            # Offsets already delivered by a previous owner need not be read to be passed.
+            while position in self.delivered_before:
+                position += 1
+        return position
 
     @property
     def in_flight(self) -> int:
@@ -78,11 +103,17 @@ class PartitionWatermark:
             self.committed = position
 
     def uncommitted(self) -> int | None:
-        """The position to commit if it moved past the last commit, else None."""
+        """The position to commit if it moved past the last commit, or if offsets done above
+        it changed since the last commit was sent (its metadata tells the next owner); else
+        None."""
         position = self.position()
-        if position is None or (self.committed is not None and position <= self.committed):
+        if position is None:
             return None
-        return position
+        if self.committed is None or position > self.committed:
+            return position
+        if self._done and self.done_version != self.sent_version:
+            return position
+        return None
 
 
 K = TypeVar("K", bound=Hashable)

@@ -117,8 +117,10 @@ class WatermarkMachine(RuleBasedStateMachine):
 
     @invariant()
     def commits_never_decrease(self) -> None:
+        # A position may be committed again when only the done offsets above it changed
+        # (they travel in the commit metadata); it never goes back.
         history = self.committed_history
-        assert all(a < b for a, b in itertools.pairwise(history))
+        assert all(a <= b for a, b in itertools.pairwise(history))
 
     @invariant()
     def in_flight_count_matches(self) -> None:
