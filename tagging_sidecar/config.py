@@ -365,15 +365,15 @@ def _problem_lines(error: ValidationError) -> list[str]:
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read the settings from the environment; raise ConfigError listing every problem.
 
-    An unknown ``TAGGING_*`` variable is a problem too: a typo must not silently fall back to a
-    default.
+    An unknown variable of the sidecar's own form is a problem too: a typo must not silently fall
+    back to a default. Other ``TAGGING_*`` names are left alone (see :func:`is_own_form`).
     """
     env = os.environ if environ is None else environ
     known = known_env_vars()
     problems = [
         f"{name}: unknown setting (see the configuration table in the README)"
         for name in sorted(env)
-        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+        if is_own_form(name) and name.upper() not in known
     ]
     try:
         settings = Settings(**overrides)
@@ -397,3 +397,30 @@ def known_env_vars() -> set[str]:
         else:
             names.add(f"{ENV_PREFIX}{field_name}".upper())
     return names
+
+
+def _sections() -> set[str]:
+    return {
+        name
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
+
+
+def is_own_form(name: str) -> bool:
+    """Whether ``name`` is shaped like one of the sidecar's variables.
+
+    That is a known section followed by ``__`` (``TAGGING_KAFKA__...``), or exactly a section or
+    top-level name (``TAGGING_PROCESSES``). Other ``TAGGING_*`` names belong to someone else:
+    Kubernetes injects ``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_PORT_8080_TCP_ADDR`` and the like
+    for every Service in the namespace, and a release called ``tagging`` makes those start with
+    the prefix too.
+    """
+    upper = name.upper()
+    if not upper.startswith(ENV_PREFIX):
+        return False
+    rest = upper.removeprefix(ENV_PREFIX)
+    if rest.lower() in Settings.model_fields:
+        return True
+    head, delimiter, _ = rest.partition(NESTED_DELIMITER)
+    return delimiter != "" and head.lower() in _sections()

@@ -43,6 +43,7 @@ from tests.deploy.support import (
     yaml_dump,
     yaml_load,
 )
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.deploy
 
@@ -580,6 +581,49 @@ def test_rendered_env_loads_in_settings_model(
         assert secret.get_secret_value() == "dummy-secret-from-file"
     if settings.kafka.sasl_mechanism == "OAUTHBEARER":
         assert settings.kafka.librdkafka_security()["sasl.oauthbearer.method"] == "oidc"
+
+
+def _service_link_env(rendered: Rendered) -> dict[str, str]:
+    """The docker-link style variables the kubelet injects for each Service of the release."""
+    host = "127.0.0.1"  # stands in for the ClusterIP; nothing is contacted
+    env: dict[str, str] = {}
+    for svc in rendered.of_kind("Service"):
+        name = svc["metadata"]["name"].upper().replace("-", "_")
+        ports = svc["spec"]["ports"]
+        env[f"{name}_SERVICE_HOST"] = host
+        env[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
+        env[f"{name}_PORT"] = (
+            f"{ports[0].get('protocol', 'TCP').lower()}://{host}:{ports[0]['port']}"
+        )
+        for port in ports:
+            proto = port.get("protocol", "TCP")
+            if "name" in port:
+                env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(
+                    port["port"]
+                )
+            base = f"{name}_PORT_{port['port']}_{proto}"
+            env[base] = f"{proto.lower()}://{host}:{port['port']}"
+            env[f"{base}_PROTO"] = proto.lower()
+            env[f"{base}_PORT"] = str(port["port"])
+            env[f"{base}_ADDR"] = host
+    return env
+
+
+# A release whose name starts with the settings prefix, so its Service links look like settings.
+LINKED_RELEASE = "tagging"
+
+
+@pytest.mark.parametrize("values_file", values_sets())
+def test_config_survives_service_link_variables(values_file: Path | None, tmp_path: Path) -> None:
+    """The container starts even where the kubelet injects Service links (a Deployment of the
+    user's own, or an older pod spec): check-config exits 0 with them in the environment."""
+    r = render_set(values_file, release=LINKED_RELEASE)
+    assert r.pod_spec["enableServiceLinks"] is False
+    links = _service_link_env(r)
+    assert any(name.startswith("TAGGING_") for name in links), sorted(links)
+    env = {**_materialise_env(r, tmp_path), **links}
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
 
 
 # --------------------------------------------------------------------------- autoscaling

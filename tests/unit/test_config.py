@@ -163,3 +163,25 @@ def test_a_busy_http_port_is_a_clear_error_not_a_traceback() -> None:
     assert f"127.0.0.1:{port}" in result.stderr
     assert "TAGGING_HTTP__PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_foreign_prefixed_names_are_left_alone_but_own_typos_are_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kubernetes Service links of a release called ``tagging`` share the prefix: not ours."""
+    for name, value in {
+        "TAGGING_TAGGING_SIDECAR_SERVICE_HOST": "127.0.0.1",
+        "TAGGING_TAGGING_SIDECAR_PORT": "tcp://127.0.0.1:8080",
+        "TAGGING_TAGGING_SIDECAR_PORT_8080_TCP_ADDR": "127.0.0.1",
+        "TAGGING_KAFKA_SERVICE_HOST": "127.0.0.1",
+        "TAGGING_PROCESSES_PORT": "tcp://127.0.0.1:80",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().processes == 1
+    monkeypatch.setenv("TAGGING_KAFKA__TOPIX", "t")
+    monkeypatch.setenv("TAGGING_PROCESSES", "2")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.problems == [
+        "TAGGING_KAFKA__TOPIX: unknown setting (see the configuration table in the README)"
+    ]
