@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -257,6 +258,43 @@ def test_helm_local_is_idempotent() -> None:
     assert proc.stdout.strip() == first
     assert time.monotonic() - started < 10, "helm was rebuilt although it is cached"
     assert Path(first).resolve().is_relative_to((REPO_ROOT / ".cache" / "tools").resolve())
+
+
+def test_helm_local_uses_a_matching_helm_on_path(tmp_path: Path) -> None:
+    """A helm of the pinned version on PATH is used as is: nothing is built (go is not even
+    on this PATH, so a build attempt would fail)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake_helm = fake_bin / "helm"
+    fake_helm.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = version ]; then echo "${FAKE_HELM_VERSION}"; exit 0; fi\n'
+        'echo "fake helm: $*"\n'
+    )
+    fake_helm.chmod(0o755)
+    env = {
+        "PATH": f"{fake_bin}:/usr/bin:/bin",
+        "HELM_LOCAL_CACHE": str(tmp_path / "cache"),
+        "FAKE_HELM_VERSION": "v3.22.0",
+    }
+    ensured = subprocess.run(
+        [str(HELM_LOCAL), "--ensure-only"], env=env, capture_output=True, text=True, check=False
+    )
+    assert ensured.returncode == 0, ensured.stderr
+    assert ensured.stdout.strip() == str(fake_helm)
+    passed = subprocess.run(
+        [str(HELM_LOCAL), "lint", "x"], env=env, capture_output=True, text=True, check=False
+    )
+    assert passed.stdout.strip() == "fake helm: lint x"
+    older = subprocess.run(
+        [str(HELM_LOCAL), "--ensure-only"],
+        env={**env, "FAKE_HELM_VERSION": "v3.11.0"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert older.returncode != 0, "a helm of another version must not be used"
+    assert "go toolchain not found" in older.stderr
 
 
 def test_helm_local_cache_is_git_ignored() -> None:
