@@ -449,7 +449,7 @@ class HttpSettings(_Section):
 
     host: str = Field(
         default="127.0.0.1",
-        description="address of `/livez`, `/readyz`, `/metrics` (`0.0.0.0` in a pod)",
+        description="address of `/startupz`, `/livez`, `/readyz`, `/metrics` (`0.0.0.0` in a pod)",
     )
     port: int = Field(
         default=8080, ge=0, le=65535, description="port of the same (`0`: any free port)"

@@ -12,13 +12,17 @@ import math
 import os
 import re
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate.utils as kv_utils
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tagging_sidecar.config import known_env_vars, load_settings
+from tagging_sidecar.observe.health import HealthServer, HealthState
 from tests.deploy.support import (
     CHART_DIR,
     CI_DIR,
@@ -258,6 +262,16 @@ def test_schema_rejects_bad_values(sets: list[str], needle: str) -> None:
             "config.grpc.target must point at the app in the same pod",
         ),
         (["sidecarMode.enabled=true"], "appContainer"),
+        (
+            [
+                "sidecarMode.enabled=true",
+                "sidecarMode.appContainer.name=app",
+                "sidecarMode.appContainer.image=app:1",
+                "sidecarMode.appContainer.ports[0].containerPort=8080",
+                "config.grpc.target=127.0.0.1:50051",
+            ],
+            "config.http.port 8080 is also a port of sidecarMode.appContainer",
+        ),
     ],
 )
 def test_template_refuses_inconsistent_settings(sets: list[str], message: str) -> None:
@@ -331,8 +345,6 @@ def test_probes_and_http_port(values_file: Path | None) -> None:
     assert r.env_value("TAGGING_HTTP__HOST") == "0.0.0.0"
     for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
         assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
-    if "startupProbe" in c:
-        assert c["startupProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     svc = r.one("Service")
     assert svc["spec"]["ports"] == [
         {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
@@ -343,16 +355,44 @@ def test_probes_and_http_port(values_file: Path | None) -> None:
     assert c["args"] == ["run"]
 
 
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.parametrize("values_file", values_sets())
+def test_startup_probe_waits_for_the_poll_loop(values_file: Path | None) -> None:
+    """The startup probe's endpoint fails on a fresh process and passes after one poll pass."""
+    probe = render_set(values_file).container["startupProbe"]["httpGet"]
+    assert probe["port"] == "http"
+    state = HealthState(stall_timeout=60, tick_timeout=15)
+    server = HealthServer("127.0.0.1", 0, state, CollectorRegistry())
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}{probe['path']}"
+        assert _status(url) == 503
+        state.tick()
+        state.tick()
+        assert _status(url) == 200
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- security
 
 
 @pytest.mark.parametrize("values_file", values_sets())
 def test_security_context_is_hardened(values_file: Path | None) -> None:
     r = render_set(values_file)
-    pod = r.pod_spec["securityContext"]
-    assert pod["runAsNonRoot"] is True
-    assert pod["runAsUser"] == 10001
-    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    if r.of_kind("Deployment") and not _sidecar_mode(r):
+        pod = r.pod_spec["securityContext"]
+        assert pod["runAsNonRoot"] is True
+        assert pod["runAsUser"] == 10001
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
     ctx = r.container["securityContext"]
     assert ctx["runAsNonRoot"] is True
     assert ctx["runAsUser"] == 10001
@@ -371,6 +411,52 @@ def test_security_context_is_hardened(values_file: Path | None) -> None:
     assert all(c.get("resources") for c in r.pod_spec["containers"]), "resources missing"
     assert r.container["resources"]["requests"]["memory"]
     assert r.container["resources"]["limits"]["memory"]
+
+
+def _sidecar_mode(r: Rendered) -> bool:
+    return len(r.pod_spec["containers"]) + len(r.pod_spec.get("initContainers", [])) > 1
+
+
+def test_sidecar_mode_leaves_the_app_its_own_identity() -> None:
+    """No pod-level uid/gid/fsGroup in sidecar mode: they would apply to the user's app too."""
+    for sets in ([], ["sidecarMode.nativeSidecar=false"]):
+        r = helm_template(CI_DIR / "sidecar-mode-values.yaml", sets=sets, label=f"app-{sets}")
+        pod = r.pod_spec.get("securityContext", {})
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(pod), pod
+        [app] = [
+            c
+            for c in r.pod_spec["containers"] + r.pod_spec.get("initContainers", [])
+            if c["name"] == "havilah"
+        ]
+        assert "runAsUser" not in app.get("securityContext", {})
+        assert r.container["securityContext"]["runAsUser"] == 10001
+
+
+def test_secret_files_stay_readable_without_fs_group() -> None:
+    """Without a pod fsGroup (sidecar mode) the mounted secret files must still be readable."""
+    r = helm_template(
+        CI_DIR / "sidecar-mode-values.yaml",
+        CI_DIR / "sasl-file-values.yaml",
+        sets=["config.grpc.target=127.0.0.1:50051"],
+        label="sidecar-with-secret-files",
+    )
+    fs_group = r.pod_spec.get("securityContext", {}).get("fsGroup")
+    secrets = [v["secret"] for v in r.pod_spec["volumes"] if "secret" in v]
+    assert secrets
+    for secret in secrets:
+        mode = secret["defaultMode"]
+        readable = mode & 0o004 or (mode & 0o040 and fs_group is not None)
+        assert readable, f"{secret['secretName']}: mode {mode:o} with fsGroup {fs_group}"
+
+
+@pytest.mark.parametrize("limit", ["null", '""'])
+def test_empty_cpu_limit_is_omitted(limit: str, tmp_path: Path) -> None:
+    values = tmp_path / "no-cpu-limit.yaml"
+    values.write_text(f"resources:\n  limits:\n    cpu: {limit}\n")
+    r = helm_template(values, label=f"cpu-limit-{limit}")
+    limits = r.container["resources"]["limits"]
+    assert "cpu" not in limits, limits
+    assert limits["memory"] == "512Mi"
 
 
 @pytest.mark.parametrize("values_file", values_sets())
@@ -395,6 +481,8 @@ def test_pod_disruption_budget(values_file: Path | None) -> None:
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["selector"]["matchLabels"] == r.deployment["spec"]["selector"]["matchLabels"]
     assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+    # A crash-looping pod must not block node drains.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 # --------------------------------------------------------------------------- env vars and secrets
@@ -448,9 +536,11 @@ def test_secrets_only_by_reference(values_file: Path | None) -> None:
             assert "value" not in entry, f"{name} is a plain value"
             ref = entry["valueFrom"]["secretKeyRef"]
             assert ref["name"] and ref["key"], entry
+    # Owner and fsGroup only; without a pod fsGroup (sidecar mode) world-readable in our mount.
+    expected_mode = 0o440 if r.pod_spec.get("securityContext", {}).get("fsGroup") else 0o444
     for volume in volumes.values():
         if "secret" in volume:
-            assert volume["secret"]["defaultMode"] == 0o440
+            assert volume["secret"]["defaultMode"] == expected_mode
     assert "hunter2" not in r.text
 
 
@@ -797,10 +887,8 @@ def test_sidecar_mode_native_sidecar() -> None:
     assert host in LOOPBACK
     assert int(port) in {p["containerPort"] for p in app["ports"]}
     assert r.pod_spec["terminationGracePeriodSeconds"] == 55
-    assert r.one("PodDisruptionBudget")["spec"] == {
-        "minAvailable": 1,
-        "selector": r.one("PodDisruptionBudget")["spec"]["selector"],
-    }
+    pdb = r.one("PodDisruptionBudget")["spec"]
+    assert (pdb["minAvailable"], "maxUnavailable" in pdb) == (1, False)
 
 
 def test_sidecar_mode_regular_container() -> None:

@@ -150,6 +150,12 @@ Fail early on combinations that would only surface as a crash-looping pod.
 {{- if not .Values.sidecarMode.appContainer.name -}}
 {{- fail "sidecarMode.enabled needs sidecarMode.appContainer with at least name and image" -}}
 {{- end -}}
+{{- $httpPort := int64 .Values.config.http.port -}}
+{{- range .Values.sidecarMode.appContainer.ports -}}
+{{- if eq (int64 .containerPort) $httpPort -}}
+{{- fail (printf "config.http.port %d is also a port of sidecarMode.appContainer: containers of one pod share the network namespace, so set a different config.http.port" $httpPort) -}}
+{{- end -}}
+{{- end -}}
 {{- $host := regexReplaceAll ":[0-9]+$" .Values.config.grpc.target "" | trimPrefix "[" | trimSuffix "]" -}}
 {{- if not (has $host (list "localhost" "127.0.0.1" "::1")) -}}
 {{- fail (printf "sidecarMode.enabled: config.grpc.target must point at the app in the same pod (localhost:PORT / 127.0.0.1:PORT), got %q" .Values.config.grpc.target) -}}
@@ -371,5 +377,31 @@ IntOrString for PDB fields: numbers as integers, "50%"-style strings quoted.
 {{- . | quote -}}
 {{- else -}}
 {{- include "tagging-sidecar.num" . -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Container resources without empty entries: a quantity of "" or null means "none", and the API
+server rejects an empty quantity.
+*/}}
+{{- define "tagging-sidecar.resources" -}}
+{{- $out := dict -}}
+{{- range $kind, $quantities := . -}}
+{{- if not (kindIs "map" $quantities) -}}
+{{- $_ := set $out $kind $quantities -}}
+{{- continue -}}
+{{- end -}}
+{{- $kept := dict -}}
+{{- range $name, $quantity := $quantities -}}
+{{- if and (not (kindIs "invalid" $quantity)) (ne (toString $quantity) "") -}}
+{{- $_ := set $kept $name $quantity -}}
+{{- end -}}
+{{- end -}}
+{{- if $kept -}}
+{{- $_ := set $out $kind $kept -}}
+{{- end -}}
+{{- end -}}
+{{- if $out -}}
+{{- toYaml $out -}}
 {{- end -}}
 {{- end }}
