@@ -161,8 +161,18 @@ Fail early on combinations that would only surface as a crash-looping pod.
 {{- fail (printf "sidecarMode.enabled: config.grpc.target must point at the app in the same pod (localhost:PORT / 127.0.0.1:PORT), got %q" .Values.config.grpc.target) -}}
 {{- end -}}
 {{- end -}}
-{{- if and .Values.keda.enabled (gt (int64 .Values.keda.minReplicaCount) (int64 .Values.keda.maxReplicaCount)) -}}
+{{- if .Values.keda.enabled -}}
+{{- if gt (int64 .Values.keda.minReplicaCount) (int64 .Values.keda.maxReplicaCount) -}}
 {{- fail "keda.minReplicaCount must not exceed keda.maxReplicaCount" -}}
+{{- end -}}
+{{- if .Values.keda.limitToPartitionsWithLag -}}
+{{- if .Values.keda.allowIdleConsumers -}}
+{{- fail "keda.limitToPartitionsWithLag and keda.allowIdleConsumers cannot both be true (the KEDA kafka scaler refuses the pair)" -}}
+{{- end -}}
+{{- if not (include "tagging-sidecar.kedaTopic" .) -}}
+{{- fail "keda.limitToPartitionsWithLag needs one topic: set keda.topic, or consume exactly one topic in config.kafka.topics" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end }}
 
@@ -361,9 +371,8 @@ empty (KEDA then watches every topic of the consumer group).
 Whether the chart creates a TriggerAuthentication for the KEDA Kafka scaler.
 */}}
 {{- define "tagging-sidecar.kedaCreateAuth" -}}
-{{- $k := .Values.config.kafka -}}
 {{- if and .Values.keda.enabled (not .Values.keda.authenticationRef) -}}
-{{- if or (and (include "tagging-sidecar.kafkaUsesSasl" .) (ne $k.sasl.mechanism "OAUTHBEARER")) (and (include "tagging-sidecar.kafkaUsesTls" .) $k.ssl.secretName) -}}
+{{- if or (include "tagging-sidecar.kafkaUsesSasl" .) (include "tagging-sidecar.kedaSecretRefs" .) -}}
 true
 {{- end -}}
 {{- end -}}
@@ -404,4 +413,43 @@ server rejects an empty quantity.
 {{- if $out -}}
 {{- toYaml $out -}}
 {{- end -}}
+{{- end }}
+
+{{/*
+secretTargetRef entries of the KEDA TriggerAuthentication (empty when nothing is needed).
+*/}}
+{{- define "tagging-sidecar.kedaSecretRefs" -}}
+{{- $k := .Values.config.kafka -}}
+{{- $sasl := include "tagging-sidecar.kafkaUsesSasl" . -}}
+{{- $oauth := and $sasl (eq $k.sasl.mechanism "OAUTHBEARER") -}}
+{{- $o := $k.sasl.oauthbearer -}}
+{{- if $oauth }}
+- parameter: password
+  name: {{ $o.clientSecret.name | quote }}
+  key: {{ $o.clientSecret.key | quote }}
+{{- else if and $sasl $k.sasl.passwordSecret.name }}
+- parameter: password
+  name: {{ $k.sasl.passwordSecret.name | quote }}
+  key: {{ $k.sasl.passwordSecret.key | quote }}
+{{- end }}
+{{- if and (include "tagging-sidecar.kafkaUsesTls" .) $k.ssl.secretName }}
+{{- if $k.ssl.caKey }}
+- parameter: ca
+  name: {{ $k.ssl.secretName | quote }}
+  key: {{ $k.ssl.caKey | quote }}
+{{- end }}
+{{- if $k.ssl.certificateKey }}
+- parameter: cert
+  name: {{ $k.ssl.secretName | quote }}
+  key: {{ $k.ssl.certificateKey | quote }}
+- parameter: key
+  name: {{ $k.ssl.secretName | quote }}
+  key: {{ $k.ssl.keyKey | quote }}
+{{- end }}
+{{- if $k.ssl.keyPasswordSecret.name }}
+- parameter: keyPassword
+  name: {{ $k.ssl.keyPasswordSecret.name | quote }}
+  key: {{ $k.ssl.keyPasswordSecret.key | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
