@@ -574,7 +574,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     try:
         settings = Settings(**overrides)
     except SettingsError as exc:
-        raise ConfigError([*problems, _unreadable(exc)]) from None
+        unreadable = _unreadable(exc)
+        if unreadable.split(":", 1)[0] in {line.split(":", 1)[0] for line in problems}:
+            raise ConfigError(problems) from None
+        raise ConfigError([*problems, unreadable]) from None
     except ValidationError as exc:
         reported = {line.split(":", 1)[0] for line in problems}
         extra = [line for line in _problem_lines(exc) if line.split(":", 1)[0] not in reported]

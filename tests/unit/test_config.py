@@ -292,3 +292,12 @@ def test_generated_reference_follows_the_model() -> None:
     assert {doc.name for doc in variables()} == known_env_vars()
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert replace_block(readme, "| changed |") != readme
+
+
+def test_a_whole_section_variable_is_one_problem_not_a_traceback() -> None:
+    result = run_cli("check-config", env={"TAGGING_KAFKA": "not json"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration:",
+        "  TAGGING_KAFKA: unknown setting (see the configuration table in the README)",
+    ]
