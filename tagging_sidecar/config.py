@@ -587,17 +587,20 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     return settings
 
 
-def known_env_vars() -> set[str]:
-    """Every environment variable name the settings model reads."""
+def _leaf_names(model: type[BaseModel], path: tuple[str, ...]) -> set[str]:
     names: set[str] = set()
-    for field_name, field in Settings.model_fields.items():
+    for field_name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for sub in annotation.model_fields:
-                names.add(env_name(field_name, sub))
+            names |= _leaf_names(annotation, (*path, field_name))
         else:
-            names.add(env_name(field_name))
+            names.add(env_name(*path, field_name))
     return names
+
+
+def known_env_vars() -> set[str]:
+    """Every environment variable name the settings model reads (nested sections included)."""
+    return _leaf_names(Settings, ())
 
 
 def _sections() -> set[str]:

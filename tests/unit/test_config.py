@@ -290,6 +290,8 @@ def test_generated_reference_follows_the_model() -> None:
     for doc in variables():
         assert f"| `{doc.name}` |" in table
     assert {doc.name for doc in variables()} == known_env_vars()
+    undescribed = [doc.name for doc in variables() if not doc.description.strip()]
+    assert undescribed == [], "give these settings fields a description"
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert replace_block(readme, "| changed |") != readme
 
@@ -301,3 +303,21 @@ def test_a_whole_section_variable_is_one_problem_not_a_traceback() -> None:
         "invalid configuration:",
         "  TAGGING_KAFKA: unknown setting (see the configuration table in the README)",
     ]
+
+
+def test_reference_picks_up_settings_added_later() -> None:
+    """A field someone adds to a section appears in the reference with no other change."""
+    from pydantic import Field, create_model
+
+    from tagging_sidecar.config import DecodeSettings, Settings
+
+    decode = create_model(
+        "DecodeWithTombstones",
+        __base__=DecodeSettings,
+        tombstones=(str, Field(default="skip", description="what a null value does")),
+    )
+    extended = create_model(
+        "Extended", __base__=Settings, decode=(decode, Field(default_factory=decode))
+    )
+    [doc] = [d for d in variables(extended) if d.name == "TAGGING_DECODE__TOMBSTONES"]
+    assert (doc.default, doc.description) == ("skip", "what a null value does")
