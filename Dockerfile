@@ -5,15 +5,22 @@
 #   docker build -t tagging-sidecar:dev .
 #   docker run --rm tagging-sidecar:dev check-config
 #
-# Stage 1 builds a wheel and installs it (with every dependency) under /install.
+# Stage 1 installs the locked dependencies and the project's wheel under /install.
 # Stage 2 is a clean slim runtime: no compiler, no pip, non-root uid 10001, and a
 # layout that works with a read-only root filesystem (only /tmp needs to be
 # writable; the Helm chart mounts an emptyDir there).
+#
+# Reproducible inputs:
+# - the base image is pinned by digest (refresh both stages together with
+#   `docker buildx imagetools inspect python:3.11-slim-bookworm`);
+# - requirements.lock (runtime) and requirements-build.lock (setuptools, wheel)
+#   pin every package with its hashes; pip refuses any file that does not match.
+#   Regenerate them with `make lock` after changing pyproject.toml.
 
-ARG PYTHON_VERSION=3.11
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 # --------------------------------------------------------------------------- builder
-FROM python:${PYTHON_VERSION}-slim AS builder
+FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -21,20 +28,25 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
+# Dependencies first, in their own layer: it is rebuilt only when a lock changes.
+# --no-deps: the locks list every transitive dependency, nothing may be resolved here.
+COPY requirements-build.lock requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements-build.lock \
+ && pip install --no-cache-dir --require-hashes --no-deps --prefix=/install -r requirements.lock
+
 # Only what the build backend needs: metadata, readme (referenced by pyproject) and
 # the package itself. Tests, charts and tooling stay out of the build context via
 # .dockerignore.
 COPY pyproject.toml README.md ./
 COPY tagging_sidecar ./tagging_sidecar
 
-# Build a wheel first so the install step below is a plain binary install, then
-# install it and its dependencies into an isolated prefix that the runtime stage
-# copies wholesale into /usr/local.
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && pip install --no-cache-dir --prefix=/install /wheels/*.whl
+# The project's own wheel, built with the locked setuptools (no build isolation, so
+# nothing unpinned is fetched) and installed without touching the index.
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && pip install --no-cache-dir --no-deps --no-index --prefix=/install /wheels/*.whl
 
 # --------------------------------------------------------------------------- runtime
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="tagging-sidecar" \

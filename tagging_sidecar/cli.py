@@ -19,6 +19,7 @@ from tagging_sidecar import __version__
 from tagging_sidecar.config import InputFormat, Settings, load_settings
 from tagging_sidecar.errors import ConfigError, SidecarError
 from tagging_sidecar.observe.logs import configure_logging
+from tagging_sidecar.settings_doc import help_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -160,9 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", help="run the sidecar").set_defaults(func=cmd_run)
+    reference = help_text()
     sub.add_parser(
-        "check-config", help="validate the settings and print them, secrets masked"
+        "run",
+        help="run the sidecar",
+        description="Run the sidecar until SIGTERM/SIGINT; it drains, commits and exits 0.",
+        epilog=reference,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=cmd_run)
+    sub.add_parser(
+        "check-config",
+        help="validate the settings and print them, secrets masked",
+        description="Validate the settings and print them with secrets masked; exit 2 if they "
+        "are invalid.",
+        epilog=reference,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     ).set_defaults(func=cmd_check_config)
 
     sink = sub.add_parser("sink", help="run the reference Havilah gRPC server")

@@ -70,13 +70,20 @@ class ChildrenProbes:
 
     def ready(self) -> tuple[bool, str]:
         """Ready when every child is; otherwise one line per unready child with its reason."""
+        return self._every_child("/readyz")
+
+    def started(self) -> tuple[bool, str]:
+        """Started when every child has started."""
+        return self._every_child("/startupz")
+
+    def _every_child(self, path: str) -> tuple[bool, str]:
         reasons = []
         for child in self._children():
             if child.port is None:
                 reasons.append(f"{child.name}: not serving yet")
                 continue
             try:
-                status, body = fetch(child.port, "/readyz")
+                status, body = fetch(child.port, path)
             except OSError as exc:
                 reasons.append(f"{child.name}: no answer ({exc})")
                 continue

@@ -1,8 +1,9 @@
-"""``/livez``, ``/readyz`` and ``/metrics`` on one small HTTP server.
+"""``/startupz``, ``/livez``, ``/readyz`` and ``/metrics`` on one small HTTP server.
 
-Liveness means the poll loop is still ticking (a process that exists but no longer polls is
-dead to Kafka). Readiness means the consumer is in its group, the gRPC channel is up, and the
-commit watermark is not stuck.
+Startup means the poll loop has made one full pass (the consumer exists and has polled once), or
+the consumer has joined its group. Liveness means the poll loop is still ticking (a process that
+exists but no longer polls is dead to Kafka). Readiness means the consumer is in its group, the
+gRPC channel is up, and the commit watermark is not stuck.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class Probes(Protocol):
         """Readiness."""
         ...
 
+    def started(self) -> tuple[bool, str]:
+        """Startup."""
+        ...
+
 
 class HealthState:
     """What the probes read; written by the poll loop and the forwarder."""
@@ -45,6 +50,7 @@ class HealthState:
         self._stall_timeout = stall_timeout
         self._tick_timeout = tick_timeout
         self._last_tick = clock()
+        self._ticks = 0
         self._moved = clock()
         self.in_group = False
         self.downstream_up = False
@@ -55,11 +61,21 @@ class HealthState:
         self.heartbeat: ctypes.c_double | None = None
 
     def tick(self) -> None:
-        """Called by the poll loop on every pass."""
+        """Called by the poll loop at the start of every pass."""
         self._last_tick = self._clock()
         if self.heartbeat is not None:
             # CLOCK_MONOTONIC is one clock for every process of the machine.
             self.heartbeat.value = time.monotonic()
+        if self._ticks < 2:
+            self._ticks += 1
+
+    def started(self) -> tuple[bool, str]:
+        """Whether startup is over: a second tick means the first pass (a poll included)
+        finished; joining the group counts too. Stays true from then on."""
+        if self._ticks >= 2 or self.in_group:
+            self._ticks = 2
+            return True, "ok"
+        return False, "the poll loop has not completed a pass yet"
 
     def watermark_moved(self) -> None:
         """Called when a commit position advanced, or when nothing is in flight."""
@@ -94,16 +110,20 @@ class HealthServer:
     """Serves the probes and metrics on ``host:port`` in a background thread."""
 
     def __init__(self, host: str, port: int, state: Probes, registry: CollectorRegistry):
-        state_ref = state
         registry_ref = registry
+        probes: dict[str, Callable[[], tuple[bool, str]]] = {
+            "/startupz": state.started,
+            "/livez": state.live,
+            "/readyz": state.ready,
+        }
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._reply(200, generate_latest(registry_ref), CONTENT_TYPE_LATEST)
-                elif path in ("/livez", "/readyz"):
-                    ok, why = state_ref.live() if path == "/livez" else state_ref.ready()
+                elif path in probes:
+                    ok, why = probes[path]()
                     self._reply(200 if ok else 503, (why + "\n").encode(), "text/plain")
                 else:
                     self._reply(404, b"not found\n", "text/plain")

@@ -181,13 +181,18 @@ class Rendered:
         return value
 
 
-def helm_template(*values: Path, sets: Sequence[str] = (), label: str = "") -> Rendered:
-    return _helm_template(tuple(str(v) for v in values), tuple(sets), label)
+def helm_template(
+    *values: Path, sets: Sequence[str] = (), label: str = "", release: str = RELEASE
+) -> Rendered:
+    """Render the chart (cached per arguments) as release ``release`` in namespace tagging."""
+    return _helm_template(tuple(str(v) for v in values), tuple(sets), label, release)
 
 
 @functools.cache
-def _helm_template(values: tuple[str, ...], sets: tuple[str, ...], label: str) -> Rendered:
-    args = ["template", RELEASE, str(CHART_DIR), "--namespace", "tagging"]
+def _helm_template(
+    values: tuple[str, ...], sets: tuple[str, ...], label: str, release: str
+) -> Rendered:
+    args = ["template", release, str(CHART_DIR), "--namespace", "tagging"]
     for v in values:
         args += ["-f", v]
     for s in sets:
@@ -209,10 +214,11 @@ def values_sets() -> list[Any]:
     return [pytest.param(None, id="defaults")] + [pytest.param(p, id=p.stem) for p in CI_VALUES]
 
 
-def render_set(values_file: Path | None) -> Rendered:
+def render_set(values_file: Path | None, release: str = RELEASE) -> Rendered:
+    """Render the chart defaults (None) or one ci values file."""
     if values_file is None:
-        return helm_template(label="defaults")
-    return helm_template(values_file, label=values_file.stem)
+        return helm_template(label="defaults", release=release)
+    return helm_template(values_file, label=values_file.stem, release=release)
 
 
 def deep_merge(base: Any, override: Any) -> Any:

@@ -12,13 +12,19 @@ import math
 import os
 import re
 import shutil
+import urllib.error
+import urllib.request
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import kubernetes_validate.utils as kv_utils
 import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
-from tagging_sidecar.config import known_env_vars, load_settings
+from tagging_sidecar.config import Settings, known_env_vars, load_settings
+from tagging_sidecar.observe.health import HealthServer, HealthState
 from tests.deploy.support import (
     CHART_DIR,
     CI_DIR,
@@ -43,6 +49,7 @@ from tests.deploy.support import (
     yaml_dump,
     yaml_load,
 )
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.deploy
 
@@ -166,20 +173,30 @@ def _schema_node(path: str) -> dict[str, Any]:
     return node
 
 
+def _model_choices(section: str, field: str) -> list[str]:
+    """The values the settings model accepts for a field typed as an Enum or a Literal."""
+    annotation = Settings.model_fields[section].annotation
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    kind = annotation.model_fields[field].annotation
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return [str(member.value) for member in kind]
+    return [str(arg) for arg in get_args(kind)]
+
+
 @pytest.mark.parametrize(
-    ("path", "values"),
+    ("path", "section", "field"),
     [
-        ("config.grpc.mode", ["batch", "single"]),
-        ("config.pool.ordering", ["key", "partition", "unordered"]),
-        ("config.decode.format", ["protobuf", "json"]),
-        ("config.log.format", ["auto", "json", "console"]),
-        ("config.log.level", ["DEBUG", "INFO", "WARNING", "ERROR"]),
-        ("config.kafka.autoOffsetReset", ["earliest", "latest"]),
-        ("config.kafka.securityProtocol", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+        ("config.grpc.mode", "grpc", "mode"),
+        ("config.pool.ordering", "pool", "ordering"),
+        ("config.decode.format", "decode", "format"),
+        ("config.log.format", "log", "format"),
+        ("config.log.level", "log", "level"),
+        ("config.kafka.autoOffsetReset", "kafka", "auto_offset_reset"),
+        ("config.kafka.securityProtocol", "kafka", "security_protocol"),
     ],
 )
-def test_schema_enums(path: str, values: list[str]) -> None:
-    assert _schema_node(path)["enum"] == values
+def test_schema_enums_match_the_settings_model(path: str, section: str, field: str) -> None:
+    assert _schema_node(path)["enum"] == _model_choices(section, field)
 
 
 def test_schema_is_strict_on_own_sections() -> None:
@@ -257,6 +274,16 @@ def test_schema_rejects_bad_values(sets: list[str], needle: str) -> None:
             "config.grpc.target must point at the app in the same pod",
         ),
         (["sidecarMode.enabled=true"], "appContainer"),
+        (
+            [
+                "sidecarMode.enabled=true",
+                "sidecarMode.appContainer.name=app",
+                "sidecarMode.appContainer.image=app:1",
+                "sidecarMode.appContainer.ports[0].containerPort=8080",
+                "config.grpc.target=127.0.0.1:50051",
+            ],
+            "config.http.port 8080 is also a port of sidecarMode.appContainer",
+        ),
     ],
 )
 def test_template_refuses_inconsistent_settings(sets: list[str], message: str) -> None:
@@ -330,8 +357,6 @@ def test_probes_and_http_port(values_file: Path | None) -> None:
     assert r.env_value("TAGGING_HTTP__HOST") == "0.0.0.0"
     for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
         assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
-    if "startupProbe" in c:
-        assert c["startupProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     svc = r.one("Service")
     assert svc["spec"]["ports"] == [
         {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
@@ -342,16 +367,44 @@ def test_probes_and_http_port(values_file: Path | None) -> None:
     assert c["args"] == ["run"]
 
 
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.parametrize("values_file", values_sets())
+def test_startup_probe_waits_for_the_poll_loop(values_file: Path | None) -> None:
+    """The startup probe's endpoint fails on a fresh process and passes after one poll pass."""
+    probe = render_set(values_file).container["startupProbe"]["httpGet"]
+    assert probe["port"] == "http"
+    state = HealthState(stall_timeout=60, tick_timeout=15)
+    server = HealthServer("127.0.0.1", 0, state, CollectorRegistry())
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}{probe['path']}"
+        assert _status(url) == 503
+        state.tick()
+        state.tick()
+        assert _status(url) == 200
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- security
 
 
 @pytest.mark.parametrize("values_file", values_sets())
 def test_security_context_is_hardened(values_file: Path | None) -> None:
     r = render_set(values_file)
-    pod = r.pod_spec["securityContext"]
-    assert pod["runAsNonRoot"] is True
-    assert pod["runAsUser"] == 10001
-    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    if r.of_kind("Deployment") and not _sidecar_mode(r):
+        pod = r.pod_spec["securityContext"]
+        assert pod["runAsNonRoot"] is True
+        assert pod["runAsUser"] == 10001
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
     ctx = r.container["securityContext"]
     assert ctx["runAsNonRoot"] is True
     assert ctx["runAsUser"] == 10001
@@ -370,6 +423,52 @@ def test_security_context_is_hardened(values_file: Path | None) -> None:
     assert all(c.get("resources") for c in r.pod_spec["containers"]), "resources missing"
     assert r.container["resources"]["requests"]["memory"]
     assert r.container["resources"]["limits"]["memory"]
+
+
+def _sidecar_mode(r: Rendered) -> bool:
+    return len(r.pod_spec["containers"]) + len(r.pod_spec.get("initContainers", [])) > 1
+
+
+def test_sidecar_mode_leaves_the_app_its_own_identity() -> None:
+    """No pod-level uid/gid/fsGroup in sidecar mode: they would apply to the user's app too."""
+    for sets in ([], ["sidecarMode.nativeSidecar=false"]):
+        r = helm_template(CI_DIR / "sidecar-mode-values.yaml", sets=sets, label=f"app-{sets}")
+        pod = r.pod_spec.get("securityContext", {})
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(pod), pod
+        [app] = [
+            c
+            for c in r.pod_spec["containers"] + r.pod_spec.get("initContainers", [])
+            if c["name"] == "havilah"
+        ]
+        assert "runAsUser" not in app.get("securityContext", {})
+        assert r.container["securityContext"]["runAsUser"] == 10001
+
+
+def test_secret_files_stay_readable_without_fs_group() -> None:
+    """Without a pod fsGroup (sidecar mode) the mounted secret files must still be readable."""
+    r = helm_template(
+        CI_DIR / "sidecar-mode-values.yaml",
+        CI_DIR / "sasl-file-values.yaml",
+        sets=["config.grpc.target=127.0.0.1:50051"],
+        label="sidecar-with-secret-files",
+    )
+    fs_group = r.pod_spec.get("securityContext", {}).get("fsGroup")
+    secrets = [v["secret"] for v in r.pod_spec["volumes"] if "secret" in v]
+    assert secrets
+    for secret in secrets:
+        mode = secret["defaultMode"]
+        readable = mode & 0o004 or (mode & 0o040 and fs_group is not None)
+        assert readable, f"{secret['secretName']}: mode {mode:o} with fsGroup {fs_group}"
+
+
+@pytest.mark.parametrize("limit", ["null", '""'])
+def test_empty_cpu_limit_is_omitted(limit: str, tmp_path: Path) -> None:
+    values = tmp_path / "no-cpu-limit.yaml"
+    values.write_text(f"resources:\n  limits:\n    cpu: {limit}\n")
+    r = helm_template(values, label=f"cpu-limit-{limit}")
+    limits = r.container["resources"]["limits"]
+    assert "cpu" not in limits, limits
+    assert limits["memory"] == "512Mi"
 
 
 @pytest.mark.parametrize("values_file", values_sets())
@@ -394,6 +493,8 @@ def test_pod_disruption_budget(values_file: Path | None) -> None:
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["selector"]["matchLabels"] == r.deployment["spec"]["selector"]["matchLabels"]
     assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+    # A crash-looping pod must not block node drains.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 # --------------------------------------------------------------------------- env vars and secrets
@@ -447,9 +548,11 @@ def test_secrets_only_by_reference(values_file: Path | None) -> None:
             assert "value" not in entry, f"{name} is a plain value"
             ref = entry["valueFrom"]["secretKeyRef"]
             assert ref["name"] and ref["key"], entry
+    # Owner and fsGroup only; without a pod fsGroup (sidecar mode) world-readable in our mount.
+    expected_mode = 0o440 if r.pod_spec.get("securityContext", {}).get("fsGroup") else 0o444
     for volume in volumes.values():
         if "secret" in volume:
-            assert volume["secret"]["defaultMode"] == 0o440
+            assert volume["secret"]["defaultMode"] == expected_mode
     assert "hunter2" not in r.text
 
 
@@ -580,6 +683,49 @@ def test_rendered_env_loads_in_settings_model(
         assert secret.get_secret_value() == "dummy-secret-from-file"
     if settings.kafka.sasl_mechanism == "OAUTHBEARER":
         assert settings.kafka.librdkafka_security()["sasl.oauthbearer.method"] == "oidc"
+
+
+def _service_link_env(rendered: Rendered) -> dict[str, str]:
+    """The docker-link style variables the kubelet injects for each Service of the release."""
+    host = "127.0.0.1"  # stands in for the ClusterIP; nothing is contacted
+    env: dict[str, str] = {}
+    for svc in rendered.of_kind("Service"):
+        name = svc["metadata"]["name"].upper().replace("-", "_")
+        ports = svc["spec"]["ports"]
+        env[f"{name}_SERVICE_HOST"] = host
+        env[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
+        env[f"{name}_PORT"] = (
+            f"{ports[0].get('protocol', 'TCP').lower()}://{host}:{ports[0]['port']}"
+        )
+        for port in ports:
+            proto = port.get("protocol", "TCP")
+            if "name" in port:
+                env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(
+                    port["port"]
+                )
+            base = f"{name}_PORT_{port['port']}_{proto}"
+            env[base] = f"{proto.lower()}://{host}:{port['port']}"
+            env[f"{base}_PROTO"] = proto.lower()
+            env[f"{base}_PORT"] = str(port["port"])
+            env[f"{base}_ADDR"] = host
+    return env
+
+
+# A release whose name starts with the settings prefix, so its Service links look like settings.
+LINKED_RELEASE = "tagging"
+
+
+@pytest.mark.parametrize("values_file", values_sets())
+def test_config_survives_service_link_variables(values_file: Path | None, tmp_path: Path) -> None:
+    """The container starts even where the kubelet injects Service links (a Deployment of the
+    user's own, or an older pod spec): check-config exits 0 with them in the environment."""
+    r = render_set(values_file, release=LINKED_RELEASE)
+    assert r.pod_spec["enableServiceLinks"] is False
+    links = _service_link_env(r)
+    assert any(name.startswith("TAGGING_") for name in links), sorted(links)
+    env = {**_materialise_env(r, tmp_path), **links}
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
 
 
 # --------------------------------------------------------------------------- autoscaling
@@ -753,10 +899,8 @@ def test_sidecar_mode_native_sidecar() -> None:
     assert host in LOOPBACK
     assert int(port) in {p["containerPort"] for p in app["ports"]}
     assert r.pod_spec["terminationGracePeriodSeconds"] == 55
-    assert r.one("PodDisruptionBudget")["spec"] == {
-        "minAvailable": 1,
-        "selector": r.one("PodDisruptionBudget")["spec"]["selector"],
-    }
+    pdb = r.one("PodDisruptionBudget")["spec"]
+    assert (pdb["minAvailable"], "maxUnavailable" in pdb) == (1, False)
 
 
 def test_sidecar_mode_regular_container() -> None:
@@ -820,12 +964,3 @@ def test_notes_render(values_file: Path | None, tmp_path: Path) -> None:
 def test_notes_warn_when_keda_overrides_hpa(tmp_path: Path) -> None:
     notes = _render_notes(tmp_path, None, "keda.enabled=true", "autoscaling.enabled=true")
     assert "autoscaling.enabled is ignored" in notes
-
-
-def test_chart_readme_documents_sidecar_mode() -> None:
-    readme = (CHART_DIR / "README.md").read_text()
-    assert "## Sidecar mode" in readme
-    assert "127.0.0.1:50051" in readme
-    values = (CHART_DIR / "values.yaml").read_text()
-    assert "sidecarMode" in values
-    assert "extraContainers" in values

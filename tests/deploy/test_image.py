@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -77,30 +77,24 @@ def stages() -> list[Stage]:
     return _parse_dockerfile(DOCKERFILE.read_text())[1]
 
 
-def test_multi_stage_build(stages: list[Stage]) -> None:
+def test_every_stage_starts_from_a_digest_pinned_base(stages: list[Stage]) -> None:
+    """A tag can move; a digest cannot. Both stages use the same pinned base."""
     assert len(stages) >= 2
-    builder, final = stages[0], stages[-1]
-    assert builder.base == "python:3.11-slim"
-    assert builder.name == "builder"
-    assert final.base.startswith("python:3.11-slim")
-    runs = " ".join(builder.of("RUN"))
-    assert "pip install --no-cache-dir --prefix=/install" in runs
-    copies_from_builder = [c for c in final.of("COPY") if c.startswith("--from=builder")]
-    assert copies_from_builder == ["--from=builder /install /usr/local"]
+    for stage in stages:
+        assert re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", stage.base), stage.base
+    assert len({stage.base for stage in stages}) == 1
 
 
 def test_runtime_stage_is_minimal_and_non_root(stages: list[Stage]) -> None:
     final = stages[-1]
-    assert final.of("USER") == ["10001:10001"]
+    [user] = final.of("USER")
+    uid, _, gid = user.partition(":")
+    assert int(uid) > 0 and int(gid or uid) > 0, "the runtime user must not be root"
     user_setup = " ".join(final.of("RUN"))
-    assert "--uid 10001" in user_setup
     assert not re.search(r"\b(apt-get|apk|gcc|build-essential|make)\b", user_setup)
-    assert "pip uninstall" in user_setup
-    assert [json.loads(e) for e in final.of("ENTRYPOINT")] == [["tagging-sidecar"]]
-    assert [json.loads(c) for c in final.of("CMD")] == [["run"]]
-    assert final.of("EXPOSE") == ["8080"]
-    env = " ".join(final.of("ENV"))
-    assert "TAGGING_HTTP__HOST=0.0.0.0" in env
+    assert [c for c in final.of("COPY") if c.startswith("--from=")] == [
+        "--from=builder /install /usr/local"
+    ]
     # USER must come after every RUN so nothing at runtime runs as root.
     kinds = [kw for kw, _ in final.instructions]
     assert max(i for i, k in enumerate(kinds) if k == "RUN") < kinds.index("USER")
@@ -241,11 +235,6 @@ def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
     assert re.search(r"^tagging-sidecar = tagging_sidecar\.cli:main$", scripts, re.MULTILINE)
 
 
-def test_dockerignore_lists_required_entries() -> None:
-    lines = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()}
-    assert {".venv", ".cache", "tests", ".git"} <= lines
-
-
 # --------------------------------------------------------------------------- scripts/helm-local
 
 
@@ -257,6 +246,43 @@ def test_helm_local_is_idempotent() -> None:
     assert proc.stdout.strip() == first
     assert time.monotonic() - started < 10, "helm was rebuilt although it is cached"
     assert Path(first).resolve().is_relative_to((REPO_ROOT / ".cache" / "tools").resolve())
+
+
+def test_helm_local_uses_a_matching_helm_on_path(tmp_path: Path) -> None:
+    """A helm of the pinned version on PATH is used as is: nothing is built (go is not even
+    on this PATH, so a build attempt would fail)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake_helm = fake_bin / "helm"
+    fake_helm.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = version ]; then echo "${FAKE_HELM_VERSION}"; exit 0; fi\n'
+        'echo "fake helm: $*"\n'
+    )
+    fake_helm.chmod(0o755)
+    env = {
+        "PATH": f"{fake_bin}:/usr/bin:/bin",
+        "HELM_LOCAL_CACHE": str(tmp_path / "cache"),
+        "FAKE_HELM_VERSION": "v3.22.0",
+    }
+    ensured = subprocess.run(
+        [str(HELM_LOCAL), "--ensure-only"], env=env, capture_output=True, text=True, check=False
+    )
+    assert ensured.returncode == 0, ensured.stderr
+    assert ensured.stdout.strip() == str(fake_helm)
+    passed = subprocess.run(
+        [str(HELM_LOCAL), "lint", "x"], env=env, capture_output=True, text=True, check=False
+    )
+    assert passed.stdout.strip() == "fake helm: lint x"
+    older = subprocess.run(
+        [str(HELM_LOCAL), "--ensure-only"],
+        env={**env, "FAKE_HELM_VERSION": "v3.11.0"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert older.returncode != 0, "a helm of another version must not be used"
+    assert "go toolchain not found" in older.stderr
 
 
 def test_helm_local_cache_is_git_ignored() -> None:

@@ -76,3 +76,37 @@ def test_endpoints_over_http() -> None:
         assert get(base + "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_startup_waits_for_a_full_pass_of_the_poll_loop() -> None:
+    """Constructing the state is not starting: the first tick only begins the first pass."""
+    clock = FakeClock()
+    state = HealthState(stall_timeout=60, tick_timeout=15, clock=clock)
+    assert state.started() == (False, "the poll loop has not completed a pass yet")
+    state.tick()
+    assert not state.started()[0]
+    state.tick()
+    assert state.started() == (True, "ok")
+    clock.advance(1000)
+    assert state.started()[0], "once started, always started (liveness takes over)"
+
+
+def test_joining_the_group_counts_as_started() -> None:
+    state = HealthState(stall_timeout=60, tick_timeout=15, clock=FakeClock())
+    state.in_group = True
+    assert state.started() == (True, "ok")
+
+
+def test_startupz_over_http() -> None:
+    state = HealthState(stall_timeout=60, tick_timeout=15, clock=FakeClock())
+    server = HealthServer("127.0.0.1", 0, state, CollectorRegistry())
+    server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert get(base + "/livez")[0] == 200
+        assert get(base + "/startupz")[0] == 503
+        state.tick()
+        state.tick()
+        assert get(base + "/startupz") == (200, "ok\n")
+    finally:
+        server.stop()

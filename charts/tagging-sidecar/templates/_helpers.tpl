@@ -150,13 +150,29 @@ Fail early on combinations that would only surface as a crash-looping pod.
 {{- if not .Values.sidecarMode.appContainer.name -}}
 {{- fail "sidecarMode.enabled needs sidecarMode.appContainer with at least name and image" -}}
 {{- end -}}
+{{- $httpPort := int64 .Values.config.http.port -}}
+{{- range .Values.sidecarMode.appContainer.ports -}}
+{{- if eq (int64 .containerPort) $httpPort -}}
+{{- fail (printf "config.http.port %d is also a port of sidecarMode.appContainer: containers of one pod share the network namespace, so set a different config.http.port" $httpPort) -}}
+{{- end -}}
+{{- end -}}
 {{- $host := regexReplaceAll ":[0-9]+$" .Values.config.grpc.target "" | trimPrefix "[" | trimSuffix "]" -}}
 {{- if not (has $host (list "localhost" "127.0.0.1" "::1")) -}}
 {{- fail (printf "sidecarMode.enabled: config.grpc.target must point at the app in the same pod (localhost:PORT / 127.0.0.1:PORT), got %q" .Values.config.grpc.target) -}}
 {{- end -}}
 {{- end -}}
-{{- if and .Values.keda.enabled (gt (int64 .Values.keda.minReplicaCount) (int64 .Values.keda.maxReplicaCount)) -}}
+{{- if .Values.keda.enabled -}}
+{{- if gt (int64 .Values.keda.minReplicaCount) (int64 .Values.keda.maxReplicaCount) -}}
 {{- fail "keda.minReplicaCount must not exceed keda.maxReplicaCount" -}}
+{{- end -}}
+{{- if .Values.keda.limitToPartitionsWithLag -}}
+{{- if .Values.keda.allowIdleConsumers -}}
+{{- fail "keda.limitToPartitionsWithLag and keda.allowIdleConsumers cannot both be true (the KEDA kafka scaler refuses the pair)" -}}
+{{- end -}}
+{{- if not (include "tagging-sidecar.kedaTopic" .) -}}
+{{- fail "keda.limitToPartitionsWithLag needs one topic: set keda.topic, or consume exactly one topic in config.kafka.topics" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end }}
 
@@ -198,6 +214,8 @@ Environment of the sidecar container: one TAGGING_* variable per setting.
   value: {{ include "tagging-sidecar.num" $k.consumeBatchSize | quote }}
 - name: TAGGING_KAFKA__COMMIT_INTERVAL
   value: {{ include "tagging-sidecar.num" $k.commitInterval | quote }}
+- name: TAGGING_KAFKA__COMMIT_EVERY
+  value: {{ include "tagging-sidecar.num" $k.commitEvery | quote }}
 - name: TAGGING_KAFKA__SECURITY_PROTOCOL
   value: {{ $k.securityProtocol | quote }}
 {{- if $k.properties }}
@@ -291,11 +309,17 @@ Environment of the sidecar container: one TAGGING_* variable per setting.
   value: {{ include "tagging-sidecar.num" $c.pool.linger | quote }}
 - name: TAGGING_POOL__MAX_INFLIGHT_BYTES
   value: {{ include "tagging-sidecar.num" $c.pool.maxInflightBytes | quote }}
+- name: TAGGING_POOL__MAX_INFLIGHT_RECORDS
+  value: {{ include "tagging-sidecar.num" $c.pool.maxInflightRecords | quote }}
 - name: TAGGING_DECODE__FORMAT
   value: {{ $c.decode.format | quote }}
+- name: TAGGING_DECODE__TOMBSTONES
+  value: {{ $c.decode.tombstones | quote }}
 {{- if $c.dlq.topic }}
 - name: TAGGING_DLQ__TOPIC
   value: {{ $c.dlq.topic | quote }}
+- name: TAGGING_DLQ__TRUNCATE_TO
+  value: {{ include "tagging-sidecar.num" $c.dlq.truncateTo | quote }}
 {{- end }}
 - name: TAGGING_LOG__FORMAT
   value: {{ $c.log.format | quote }}
@@ -355,9 +379,8 @@ empty (KEDA then watches every topic of the consumer group).
 Whether the chart creates a TriggerAuthentication for the KEDA Kafka scaler.
 */}}
 {{- define "tagging-sidecar.kedaCreateAuth" -}}
-{{- $k := .Values.config.kafka -}}
 {{- if and .Values.keda.enabled (not .Values.keda.authenticationRef) -}}
-{{- if or (and (include "tagging-sidecar.kafkaUsesSasl" .) (ne $k.sasl.mechanism "OAUTHBEARER")) (and (include "tagging-sidecar.kafkaUsesTls" .) $k.ssl.secretName) -}}
+{{- if or (include "tagging-sidecar.kafkaUsesSasl" .) (include "tagging-sidecar.kedaSecretRefs" .) -}}
 true
 {{- end -}}
 {{- end -}}
@@ -372,4 +395,69 @@ IntOrString for PDB fields: numbers as integers, "50%"-style strings quoted.
 {{- else -}}
 {{- include "tagging-sidecar.num" . -}}
 {{- end -}}
+{{- end }}
+
+{{/*
+Container resources without empty entries: a quantity of "" or null means "none", and the API
+server rejects an empty quantity.
+*/}}
+{{- define "tagging-sidecar.resources" -}}
+{{- $out := dict -}}
+{{- range $kind, $quantities := . -}}
+{{- if not (kindIs "map" $quantities) -}}
+{{- $_ := set $out $kind $quantities -}}
+{{- continue -}}
+{{- end -}}
+{{- $kept := dict -}}
+{{- range $name, $quantity := $quantities -}}
+{{- if and (not (kindIs "invalid" $quantity)) (ne (toString $quantity) "") -}}
+{{- $_ := set $kept $name $quantity -}}
+{{- end -}}
+{{- end -}}
+{{- if $kept -}}
+{{- $_ := set $out $kind $kept -}}
+{{- end -}}
+{{- end -}}
+{{- if $out -}}
+{{- toYaml $out -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+secretTargetRef entries of the KEDA TriggerAuthentication (empty when nothing is needed).
+*/}}
+{{- define "tagging-sidecar.kedaSecretRefs" -}}
+{{- $k := .Values.config.kafka -}}
+{{- $sasl := include "tagging-sidecar.kafkaUsesSasl" . -}}
+{{- $oauth := and $sasl (eq $k.sasl.mechanism "OAUTHBEARER") -}}
+{{- $o := $k.sasl.oauthbearer -}}
+{{- if $oauth }}
+- parameter: password
+  name: {{ $o.clientSecret.name | quote }}
+  key: {{ $o.clientSecret.key | quote }}
+{{- else if and $sasl $k.sasl.passwordSecret.name }}
+- parameter: password
+  name: {{ $k.sasl.passwordSecret.name | quote }}
+  key: {{ $k.sasl.passwordSecret.key | quote }}
+{{- end }}
+{{- if and (include "tagging-sidecar.kafkaUsesTls" .) $k.ssl.secretName }}
+{{- if $k.ssl.caKey }}
+- parameter: ca
+  name: {{ $k.ssl.secretName | quote }}
+  key: {{ $k.ssl.caKey | quote }}
+{{- end }}
+{{- if $k.ssl.certificateKey }}
+- parameter: cert
+  name: {{ $k.ssl.secretName | quote }}
+  key: {{ $k.ssl.certificateKey | quote }}
+- parameter: key
+  name: {{ $k.ssl.secretName | quote }}
+  key: {{ $k.ssl.keyKey | quote }}
+{{- end }}
+{{- if $k.ssl.keyPasswordSecret.name }}
+- parameter: keyPassword
+  name: {{ $k.ssl.keyPasswordSecret.name | quote }}
+  key: {{ $k.ssl.keyPasswordSecret.key | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
