@@ -444,7 +444,7 @@ def test_partitions_paused_for_backpressure_resume_after_a_revoke_and_reassign(
     topic = topic_factory(4)
     received = tmp_path / "received.txt"
     first = produce({"bootstrap.servers": kafka_bootstrap}, topic, 3000, payload_pad=200)
-    sink.faults.delay = 0.5
+    sink.faults.hang = True  # nothing drains: the pool fills and stays full
     http_port = free_port()
     env = fault_env(
         kafka_bootstrap,
@@ -452,6 +452,7 @@ def test_partitions_paused_for_backpressure_resume_after_a_revoke_and_reassign(
         group_id,
         f"127.0.0.1:{sink.port}",
         HTTP__PORT=str(http_port),
+        GRPC__TIMEOUT="2",
         POOL__MAX_WORKERS="2",
         POOL__QUEUE_SIZE="8",
         POOL__MAX_INFLIGHT_BYTES="4096",
@@ -463,7 +464,12 @@ def test_partitions_paused_for_backpressure_resume_after_a_revoke_and_reassign(
     def paused() -> float:
         return metric_value(http_get(metrics)[1], "tagging_sidecar_partitions_paused") or 0.0
 
-    wait_for(lambda: paused() == 4, lambda: f"{paused()} partitions paused", timeout=60)
+    def pool_state() -> str:
+        text = http_get(metrics)[1]
+        names = ("partitions_paused", "inflight_bytes", "inflight_records", "pool_backlog")
+        return ", ".join(f"{n}={metric_value(text, 'tagging_sidecar_' + n)}" for n in names)
+
+    wait_for(lambda: paused() == 4, pool_state, timeout=60)
 
     # A second member takes half of the partitions, then leaves without committing anything.
     taken: list[TopicPartition] = []
@@ -487,7 +493,7 @@ def test_partitions_paused_for_backpressure_resume_after_a_revoke_and_reassign(
         lambda: f"{sidecar.log().count(chr(34) + 'partitions assigned' + chr(34))} assignments",
         timeout=60,
     )
-    sink.faults.delay = 0
+    sink.faults.hang = False
     second = produce({"bootstrap.servers": kafka_bootstrap}, topic, 2000, run_id="after")
     wanted = set(first + second)
     report = progress_report(wanted, lambda: read_ids(received), sidecar)
@@ -580,10 +586,12 @@ def test_deadlines_hit_while_the_server_hangs_are_not_rejections(
             GRPC__TIMEOUT="1",
             GRPC__MAX_ATTEMPTS="3",
             GRPC__RETRY_INITIAL_BACKOFF="0.05",
+            POOL__MAX_WORKERS="1",
         )
         sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
-        # Long enough that every batch outlives its attempts at least once.
-        wait_for(lambda: server.hung_calls >= 8, lambda: f"{server.hung_calls} calls", timeout=60)
+        # One worker calls one at a time: a fourth hung call means a batch used up its three
+        # attempts on deadlines of our own.
+        wait_for(lambda: server.hung_calls >= 4, lambda: f"{server.hung_calls} calls", timeout=60)
         server.hanging.clear()
         wanted = set(ids)
         report = progress_report(wanted, server.stored_ids, sidecar)
