@@ -18,24 +18,23 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 PYTHON = sys.executable
+# Broker, sink, sidecar processes and metrics come from the test harness under tests/ (imported
+# inside the functions, like every other import of the phases).
+sys.path.insert(0, str(ROOT))
 
 
 @dataclass
@@ -62,12 +61,6 @@ class Phase:
     @property
     def cpu_percent(self) -> float:
         return self.cpu_seconds / self.seconds * 100 if self.seconds else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def child_usage(pid: int) -> tuple[float, float]:
@@ -195,41 +188,6 @@ def run_child_phase(name: str, extra: list[str]) -> tuple[dict[str, Any], float,
 # -- the sidecar phase ---------------------------------------------------------------------------
 
 
-def scrape(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        match = re.match(r"^(tagging_sidecar_[a-z_]+)(?:\{[^}]*\})? (\S+)$", line)
-        if match:
-            values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(2))
-    return values
-
-
-def ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        committed = sum(max(0, tp.offset) for tp in consumer.committed(tps, timeout=10))
-        end = sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
-        return committed, end
-    finally:
-        consumer.close()
-
-
 def cpu_seconds(pid: int) -> float:
     """CPU seconds used so far by ``pid`` (and its threads)."""
     import psutil
@@ -246,29 +204,32 @@ def run_sidecar_phase(
     work: Path,
     neighbours: dict[str, int],
 ) -> tuple[Phase, list[dict[str, float]]]:
+    from tests.support.harness import (
+        SidecarProcess,
+        committed_and_end,
+        free_port,
+        scrape,
+        sidecar_env,
+    )
+
     http_port = free_port()
     group = f"bench-{time.time_ns()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGING_")}
-    env.update(
-        {
-            "TAGGING_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "TAGGING_KAFKA__TOPICS": args.topic,
-            "TAGGING_KAFKA__GROUP_ID": group,
-            "TAGGING_GRPC__TARGET": target,
-            "TAGGING_GRPC__MODE": args.mode,
-            "TAGGING_HTTP__PORT": str(http_port),
-            "TAGGING_LOG__FORMAT": "json",
-            "TAGGING_LOG__LEVEL": "WARNING",
-            "TAGGING_PROCESSES": str(args.processes),
-        }
+    env = sidecar_env(
+        bootstrap,
+        args.topic,
+        group,
+        target,
+        commit_interval=None,
+        GRPC__MODE=args.mode,
+        HTTP__PORT=str(http_port),
+        LOG__LEVEL="WARNING",
+        PROCESSES=str(args.processes),
     )
     for item in args.env:
         key, _, value = item.partition("=")
         env[key] = value
-    log = (work / f"sidecar-{args.mode}.log").open("wb")
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "tagging_sidecar.cli", "run"], env=env, stdout=log, stderr=log
-    )
+    log = work / f"sidecar-{args.mode}.log"
+    proc = SidecarProcess(env, log).proc
     samples: list[dict[str, float]] = []
     last: dict[str, float] = {}
     neighbour_cpu = {name: cpu_seconds(pid) for name, pid in neighbours.items()}
@@ -344,6 +305,14 @@ def measure_latency(
     from tagging_sidecar.contract.tagging.v1 import tagging_pb2
     from tagging_sidecar.produce import make_record
     from tagging_sidecar.sink import SinkServer
+    from tests.support.harness import (
+        SidecarProcess,
+        create_topic,
+        free_port,
+        ready,
+        scrape,
+        sidecar_env,
+    )
 
     latencies: list[float] = []
 
@@ -360,29 +329,19 @@ def measure_latency(
     target = f"127.0.0.1:{sink.start()}"
 
     topic = f"latency-{time.time_ns()}"
-    subprocess.run(
-        [PYTHON, "-m", "tagging_sidecar.cli", "produce", "--bootstrap", bootstrap,
-         "--topic", topic, "--count", "0", "--partitions", str(args.partitions),
-         "--log-format", "json"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    create_topic(bootstrap, topic, args.partitions)
     http_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGGING_")}
-    env.update(
-        {
-            "TAGGING_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "TAGGING_KAFKA__TOPICS": topic,
-            "TAGGING_KAFKA__GROUP_ID": f"lat-{time.time_ns()}",
-            "TAGGING_GRPC__TARGET": target,
-            "TAGGING_GRPC__MODE": args.mode,
-            "TAGGING_HTTP__PORT": str(http_port),
-            "TAGGING_LOG__LEVEL": "WARNING",
-        }
+    env = sidecar_env(
+        bootstrap,
+        topic,
+        f"lat-{time.time_ns()}",
+        target,
+        commit_interval=None,
+        GRPC__MODE=args.mode,
+        HTTP__PORT=str(http_port),
+        LOG__LEVEL="WARNING",
     )
-    log = (work / "sidecar-latency.log").open("wb")
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "tagging_sidecar.cli", "run"], env=env, stdout=log, stderr=log
-    )
+    sidecar = SidecarProcess(env, work / "sidecar-latency.log")
     try:
         # Measure the steady state: start producing once the sidecar is in its group and connected.
         while not ready(http_port):
@@ -425,8 +384,7 @@ def measure_latency(
             time.sleep(0.2)
     finally:
         # Stop what this phase started, also when it fails half way.
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        sidecar.terminate(60)
         sink.stop()
     ordered = sorted(latencies)
     if not ordered:
@@ -488,6 +446,8 @@ def table(phases: list[Phase], r0: Phase, g: Phase | None) -> str:
 
 
 def main() -> int:
+    from tests.support.harness import LocalStack
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -522,113 +482,109 @@ def main() -> int:
 
     work = RESULTS / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
-    kafka_dir = work / "kafka"
-    print(f"==> broker (results in {work})", flush=True)
-    bootstrap = subprocess.run(
-        [str(KAFKA_LOCAL), "start", "--dir", str(kafka_dir)],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    sink_proc = None
+    print(f"==> broker and sink (results in {work})", flush=True)
+    stack = LocalStack(
+        work, topic=args.topic, partitions=args.partitions, sidecar=False,
+        sink_args=("--summary-interval", "30"),
+    )  # fmt: skip
     try:
-        sink_port = free_port()
-        record_file = work / "received.txt"
-        sink_log = (work / "sink.log").open("wb")
-        sink_proc = subprocess.Popen(
-            [PYTHON, "-m", "tagging_sidecar.cli", "sink", "--listen", f"127.0.0.1:{sink_port}",
-             "--record", str(record_file), "--log-format", "json", "--summary-interval", "30"],
-            stdout=sink_log, stderr=sink_log,
-        )  # fmt: skip
-        target = f"127.0.0.1:{sink_port}"
-        subprocess.run(
-            [PYTHON, "-m", "tagging_sidecar.cli", "produce", "--bootstrap", bootstrap,
-             "--topic", args.topic, "--count", "0", "--partitions", str(args.partitions),
-             "--log-format", "json"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        print(
-            f"==> preloading {args.count:,} records over {args.partitions} partitions", flush=True
-        )
-        common = ["--bootstrap", bootstrap, "--topic", args.topic, "--count", str(args.count),
-                  "--pad", str(args.pad)]  # fmt: skip
-        started = time.perf_counter()
-        preload, _, _ = run_child_phase("preload", common)
-        args.payload_bytes = preload["payload_bytes"]
-        print(f"    done in {time.perf_counter() - started:.1f} s "
-              f"({args.payload_bytes / args.count:.0f} bytes per record)", flush=True)  # fmt: skip
-
-        print("==> R0: raw consume(num_messages=10000), no work", flush=True)
-        out, cpu, rss = run_child_phase("r0", common)
-        r0 = Phase(
-            "R0 (raw consume)", out["records"], out["seconds"], cpu, rss, out["payload_bytes"]
-        )
-        phases = [r0]
-        g = None
-        if not args.skip_g:
-            print(f"==> G: records pushed straight to the sink ({args.mode} mode)", flush=True)
-            g_count = min(args.count, 300_000)
-            out, cpu, rss = run_child_phase(
-                "g", ["--target", target, "--mode", args.mode, "--count", str(g_count),
-                      "--pad", str(args.pad)],
-            )  # fmt: skip
-            g = Phase(f"G (sink capacity, {args.mode})", out["records"], out["seconds"], cpu, rss,
-                      out["payload_bytes"])  # fmt: skip
-            phases.append(g)
-            record_file.write_text("")  # G's ids are not part of the sidecar check
-        print("==> S: the sidecar, first fetch to last commit", flush=True)
-        broker_pid = int((kafka_dir / "pid").read_text())
-        s, samples = run_sidecar_phase(
-            args,
-            bootstrap,
-            target,
-            record_file,
-            work,
-            {"sink": sink_proc.pid, "broker": broker_pid},
-        )
-        phases.append(s)
-        plot(samples, work / "sidecar.png", f"tagging-sidecar draining {args.count:,} records")
-        latencies = []
-        if not args.skip_latency:
-            for fraction in args.latency_fraction:
-                rate = s.rate * fraction
-                print(f"==> L: latency at {rate:,.0f} records/s ({fraction:.0%} of S)", flush=True)
-                latencies.append(measure_latency(args, bootstrap, rate, work))
-        report = [
-            f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
-            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-            f"Python {platform.python_version()}; broker, sink and sidecar share the machine.",
-            "",
-            table(phases, r0, g),
-            "",
-            f"S check: {s.notes}.",
-            f"Idle sidecar after the drain: {s.extra['idle_cpu_percent']:.2f} % of a core."
-            if s.extra["idle_cpu_percent"] is not None
-            else "",
-            f"Records per gRPC call during S: {s.extra['mean_batch']:.0f} on average.",
-            "CPU of the neighbours during S (% of a core): "
-            + ", ".join(f"{k} {v}" for k, v in s.extra["neighbour_cpu_percent"].items())
-            + ".",
-        ]
-        for latency in latencies:
-            report.append(
-                f"Latency (event time to sink receive) at {latency['rate_per_s']:,} records/s: "
-                f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms, "
-                f"max {latency['max_ms']} ms over {latency['records']:,} records."
+        with stack:
+            assert stack.sink is not None
+            bootstrap, target, record_file = stack.bootstrap, stack.sink.target, stack.received
+            sink_pid = stack.sink.proc.pid
+            print(
+                f"==> preloading {args.count:,} records over {args.partitions} partitions",
+                flush=True,
             )
-        if g is not None and s.rate / max(1.0, g.rate) > 0.8:
-            report.append("S/G is near 1: the sink is the bottleneck; S measures the sink.")
-        text = "\n".join(report)
-        (work / "report.md").write_text(text + "\n")
-        (work / "phases.json").write_text(json.dumps([asdict(p) for p in phases], indent=2))
-        print("\n" + text)
-        print(f"\nplot: {work / 'sidecar.png'}")
-        ok = s.extra["all_ids"] and s.extra["committed_equals_end"]
-        return 0 if ok else 1
+            common = ["--bootstrap", bootstrap, "--topic", args.topic, "--count", str(args.count),
+                      "--pad", str(args.pad)]  # fmt: skip
+            started = time.perf_counter()
+            preload, _, _ = run_child_phase("preload", common)
+            args.payload_bytes = preload["payload_bytes"]
+            per_record = args.payload_bytes / args.count
+            print(
+                f"    done in {time.perf_counter() - started:.1f} s "
+                f"({per_record:.0f} bytes per record)",
+                flush=True,
+            )
+
+            print("==> R0: raw consume(num_messages=10000), no work", flush=True)
+            out, cpu, rss = run_child_phase("r0", common)
+            r0 = Phase(
+                "R0 (raw consume)", out["records"], out["seconds"], cpu, rss, out["payload_bytes"]
+            )
+            phases = [r0]
+            g = None
+            if not args.skip_g:
+                print(f"==> G: records pushed straight to the sink ({args.mode} mode)", flush=True)
+                g_count = min(args.count, 300_000)
+                out, cpu, rss = run_child_phase(
+                    "g", ["--target", target, "--mode", args.mode, "--count", str(g_count),
+                          "--pad", str(args.pad)],
+                )  # fmt: skip
+                g = Phase(
+                    f"G (sink capacity, {args.mode})",
+                    out["records"],
+                    out["seconds"],
+                    cpu,
+                    rss,
+                    out["payload_bytes"],
+                )
+                phases.append(g)
+                record_file.write_text("")  # G's ids are not part of the sidecar check
+            print("==> S: the sidecar, first fetch to last commit", flush=True)
+            broker_pid = int((stack.broker.dir / "pid").read_text())
+            s, samples = run_sidecar_phase(
+                args,
+                bootstrap,
+                target,
+                record_file,
+                work,
+                {"sink": sink_pid, "broker": broker_pid},
+            )
+            phases.append(s)
+            plot(samples, work / "sidecar.png", f"tagging-sidecar draining {args.count:,} records")
+            latencies = []
+            if not args.skip_latency:
+                for fraction in args.latency_fraction:
+                    rate = s.rate * fraction
+                    print(
+                        f"==> L: latency at {rate:,.0f} records/s ({fraction:.0%} of S)", flush=True
+                    )
+                    latencies.append(measure_latency(args, bootstrap, rate, work))
+            report = [
+                f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+                f"Python {platform.python_version()}; broker, sink and sidecar share the machine.",
+                "",
+                table(phases, r0, g),
+                "",
+                f"S check: {s.notes}.",
+                f"Idle sidecar after the drain: {s.extra['idle_cpu_percent']:.2f} % of a core."
+                if s.extra["idle_cpu_percent"] is not None
+                else "",
+                f"Records per gRPC call during S: {s.extra['mean_batch']:.0f} on average.",
+                "CPU of the neighbours during S (% of a core): "
+                + ", ".join(f"{k} {v}" for k, v in s.extra["neighbour_cpu_percent"].items())
+                + ".",
+            ]
+            for latency in latencies:
+                report.append(
+                    f"Latency (event time to sink receive) at {latency['rate_per_s']:,} records/s: "
+                    f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms, "
+                    f"max {latency['max_ms']} ms over {latency['records']:,} records."
+                )
+            if g is not None and s.rate / max(1.0, g.rate) > 0.8:
+                report.append("S/G is near 1: the sink is the bottleneck; S measures the sink.")
+            text = "\n".join(report)
+            (work / "report.md").write_text(text + "\n")
+            (work / "phases.json").write_text(json.dumps([asdict(p) for p in phases], indent=2))
+            print("\n" + text)
+            print(f"\nplot: {work / 'sidecar.png'}")
+            ok = s.extra["all_ids"] and s.extra["committed_equals_end"]
+            return 0 if ok else 1
     finally:
-        if sink_proc is not None:
-            sink_proc.send_signal(signal.SIGTERM)
-            sink_proc.wait(30)
-        subprocess.run([str(KAFKA_LOCAL), "stop", "--dir", str(kafka_dir)], check=False)
-        shutil.rmtree(kafka_dir / "data", ignore_errors=True)
+        shutil.rmtree(stack.broker.dir / "data", ignore_errors=True)
 
 
 if __name__ == "__main__":

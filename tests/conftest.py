@@ -12,8 +12,8 @@ import pytest
 from tagging_sidecar.observe.logs import configure_logging
 from tagging_sidecar.sink import SinkServer
 
-from .support.kafka_broker import LocalKafka, create_topic
-from .support.sidecar import SidecarProcess
+from .support.harness import SidecarProcess, create_topic
+from .support.kafka_broker import LocalKafka
 
 configure_logging("console", "WARNING")
 

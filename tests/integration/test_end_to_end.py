@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient
 from tagging_sidecar.produce import produce
 from tagging_sidecar.sink import SinkServer
 
-from ..support.sidecar import (
+from ..support.harness import (
     SidecarProcess,
     all_committed,
     eventually,

@@ -6,11 +6,8 @@ offsets, and watches that committed offsets never go backwards.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,16 +17,20 @@ import pytest
 from tagging_sidecar.produce import produce
 from tagging_sidecar.sink import SinkServer
 
-from ..support.kafka_broker import LocalKafka, create_topic
-from ..support.monitor import OffsetMonitor
-from ..support.sidecar import (
+from ..support.harness import (
     SidecarProcess,
     all_committed,
     all_received,
+    create_topic,
     eventually,
+    free_port,
+    http_get,
+    metric_value,
     read_ids,
     sidecar_env,
 )
+from ..support.kafka_broker import LocalKafka
+from ..support.monitor import OffsetMonitor
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +40,6 @@ CONSUME_BATCH = 100
 COMMIT_INTERVAL = 0.2
 # Upper bound of one commit's round trip on loopback, for the duplicate bound.
 COMMIT_SLACK = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # A killed member holds its partitions until its session times out: keep that short here.
@@ -110,6 +105,10 @@ class DeliverySampler:
         self._stop.set()
         self._thread.join(5)
 
+    def covers(self, seconds: float) -> bool:
+        """Whether the samples reach back at least ``seconds``."""
+        return bool(self._samples) and self._samples[0][0] <= time.monotonic() - seconds
+
     def delivered_within(self, seconds: float) -> int:
         """Records recorded during the last ``seconds`` (up to now)."""
         now = time.monotonic()
@@ -151,7 +150,7 @@ def test_sigkill_three_times_loses_nothing_and_duplicates_stay_within_the_bound(
 
             eventually(progressed, timeout=120)
             with DeliverySampler(received) as sampler:
-                time.sleep(window + 0.2)
+                eventually(lambda: sampler.covers(window + 0.2), timeout=10, interval=0.05)
                 sidecar.kill()
                 bound += sampler.delivered_within(window) + in_flight_capacity()
         ids = producer.join()
@@ -226,21 +225,11 @@ def test_scaling_one_to_three_to_one_process_loses_nothing(
     assert len(got) == len(set(got))
 
 
-def _http(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except OSError:
-        return 0, ""
-
-
 def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exported")
+    value = metric_value(text, name)
+    if value is None:
+        raise AssertionError(f"{name} not exported")
+    return value
 
 
 @pytest.fixture
@@ -281,24 +270,26 @@ def test_sink_down_longer_than_max_poll_interval_pauses_without_rebalance(
     with OffsetMonitor(kafka_bootstrap, group_id, topic, 3) as monitor:
         producer = BackgroundProducer(kafka_bootstrap, topic, 12_000, 600)
         sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
-        eventually(lambda: _http(base + "/readyz")[0] == 200, timeout=60)
+        eventually(lambda: http_get(base + "/readyz")[0] == 200, timeout=60)
         eventually(lambda: len(read_ids(received)) > 1000, timeout=60)
         restartable_sink[0].stop(grace=0)
         outage_started = time.monotonic()
-        eventually(lambda: _http(base + "/readyz")[0] == 503, timeout=30)
-        _status, why = _http(base + "/readyz")
+        eventually(lambda: http_get(base + "/readyz")[0] == 503, timeout=30)
+        _status, why = http_get(base + "/readyz")
         assert "gRPC downstream" in why
         paused = "tagging_sidecar_partitions_paused"
-        eventually(lambda: _metric(_http(base + "/metrics")[1], paused) == 3, timeout=30)
-        assert _http(base + "/livez")[0] == 200  # still polling: alive, just not ready
+        eventually(lambda: _metric(http_get(base + "/metrics")[1], paused) == 3, timeout=30)
+        assert http_get(base + "/livez")[0] == 200  # still polling: alive, just not ready
+        # The outage must outlast max.poll.interval.ms (8 s) by far; no event marks that moment,
+        # so this one wait is a duration on purpose.
         time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
         restartable_sink.append(SinkServer(f"127.0.0.1:{sink_port}", record_path=received))
         restartable_sink[-1].start()
-        eventually(lambda: _http(base + "/readyz")[0] == 200, timeout=60)
+        eventually(lambda: http_get(base + "/readyz")[0] == 200, timeout=60)
         ids = producer.join()
         eventually(all_received(received, ids), timeout=180)
         eventually(all_committed(kafka_bootstrap, group_id, topic, 3), timeout=60)
-        assert _metric(_http(base + "/metrics")[1], paused) == 0
+        assert _metric(http_get(base + "/metrics")[1], paused) == 0
         assert sidecar.terminate() == 0
     log = sidecar.log()
     assert log.count('"partitions assigned"') == 1, "the outage caused a rebalance"
@@ -342,18 +333,29 @@ def test_slow_sink_applies_backpressure_with_bounded_memory(
     env = fault_env(kafka_bootstrap, topic, group_id, sink.port, HTTP__PORT=str(http_port))
     sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
     metrics_url = f"http://127.0.0.1:{http_port}/metrics"
-    peak_in_flight = 0.0
-    peak_read_ahead = 0.0
-    consumed = 0.0
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        status, text = _http(metrics_url)
-        if status == 200:
-            peak_in_flight = max(peak_in_flight, _metric(text, "tagging_sidecar_inflight_records"))
-            consumed = _metric(text, "tagging_sidecar_records_consumed_total")
-            forwarded = _metric(text, "tagging_sidecar_records_forwarded_total")
-            peak_read_ahead = max(peak_read_ahead, consumed - forwarded)
-        time.sleep(0.2)
+    peak = {"in_flight": 0.0, "read_ahead": 0.0, "consumed": 0.0}
+
+    def backpressure_engaged() -> bool:
+        # Sample on every check.
+        status, text = http_get(metrics_url)
+        if status != 200:
+            return False
+        in_flight = _metric(text, "tagging_sidecar_inflight_records")
+        consumed = _metric(text, "tagging_sidecar_records_consumed_total")
+        forwarded = _metric(text, "tagging_sidecar_records_forwarded_total")
+        peak["in_flight"] = max(peak["in_flight"], in_flight)
+        peak["read_ahead"] = max(peak["read_ahead"], consumed - forwarded)
+        peak["consumed"] = consumed
+        # Done once the pipeline has cycled through its whole in-flight capacity twice: an
+        # unbounded read-ahead would have shown by then.
+        return forwarded >= 2 * in_flight_capacity()
+
+    eventually(backpressure_engaged, timeout=60)
+    peak_in_flight, peak_read_ahead, consumed = (
+        peak["in_flight"],
+        peak["read_ahead"],
+        peak["consumed"],
+    )
     # Backpressure: the sidecar reads only as far ahead as it can hold in flight, not the topic.
     assert 0 < peak_in_flight <= in_flight_capacity()
     assert peak_read_ahead <= in_flight_capacity()
@@ -379,7 +381,8 @@ def test_broker_restart_mid_stream_loses_nothing(
             sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
             eventually(lambda: len(read_ids(received)) > 500, timeout=60)
             broker.stop()
-            time.sleep(3)
+            # Restart only once the sidecar has seen the broker go away.
+            eventually(lambda: '"kafka client error"' in sidecar.log(), timeout=60)
             broker.start()
             second = produce({"bootstrap.servers": bootstrap}, topic, 4000, run_id="after")
             eventually(all_received(received, first + second), timeout=180)

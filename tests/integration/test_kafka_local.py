@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from tests.support.kafka_broker import LocalKafka, create_topic
+from ..support.harness import create_topic
+from ..support.kafka_broker import LocalKafka
 
 pytestmark = [
     pytest.mark.integration,

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tagging_sidecar.produce import produce
 from tagging_sidecar.sink import SinkServer
 
+from ..support.harness import eventually, http_get, read_ids, scrape
 from ..support.inprocess import RunningSidecar, make_settings
-from ..support.sidecar import eventually, read_ids
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of /metrics, summed over labels, by sample name."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    return totals
 
 
 def test_metrics_match_what_happened(
@@ -51,8 +37,6 @@ def test_metrics_match_what_happened(
         eventually(lambda: running.sidecar.http_port is not None, timeout=30)
         port = running.sidecar.http_port
         assert port is not None
-        during = scrape(port)
-        assert "tagging_sidecar_workers_active" in during
         eventually(lambda: len(set(read_ids(tmp_path / "received.txt"))) == count)
 
         def settled() -> bool:
@@ -137,11 +121,7 @@ def test_readyz_follows_the_downstream_health_service(
         readyz = f"http://127.0.0.1:{running.sidecar.http_port}/readyz"
 
         def answer() -> tuple[int, str]:
-            try:
-                with urllib.request.urlopen(readyz, timeout=5) as response:
-                    return response.status, response.read().decode()
-            except urllib.error.HTTPError as error:
-                return error.code, error.read().decode()
+            return http_get(readyz)
 
         eventually(lambda: "NOT_SERVING" in answer()[1], timeout=60)
         status, body = answer()

@@ -16,8 +16,8 @@ from tagging_sidecar.config import InputFormat
 from tagging_sidecar.produce import encode, make_record, produce
 from tagging_sidecar.sink import SinkServer
 
+from ..support.harness import all_committed, eventually, offsets, read_ids
 from ..support.inprocess import RunningSidecar, make_settings
-from ..support.sidecar import all_committed, eventually, offsets, read_ids
 
 pytestmark = pytest.mark.integration
 

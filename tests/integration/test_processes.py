@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tagging_sidecar.produce import produce
 from tagging_sidecar.sink import SinkServer
 from tagging_sidecar.supervisor import Supervisor
 
 from ..support.faults import wedge_on_marker
+from ..support.harness import all_committed, all_received, eventually, scrape
 from ..support.inprocess import make_settings
-from ..support.sidecar import all_committed, all_received, eventually
 from ..unit.test_health import get
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of /metrics, summed over labels, by sample name."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    return totals
 
 
 def test_two_processes_behind_one_port_and_a_wedged_one_is_restarted(

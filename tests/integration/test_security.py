@@ -24,16 +24,17 @@ from tagging_sidecar.produce import produce
 from tagging_sidecar.sink import ServerTls, SinkServer
 
 from ..support.certs import CertificateAuthority, IssuedCertificate, make_ca
-from ..support.inprocess import RunningSidecar, make_settings
-from ..support.kafka_broker import LocalKafka, create_topic
-from ..support.sidecar import (
+from ..support.harness import (
     SidecarProcess,
     all_committed,
+    create_topic,
     eventually,
     offsets,
     read_ids,
     sidecar_env,
 )
+from ..support.inprocess import RunningSidecar, make_settings
+from ..support.kafka_broker import LocalKafka
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ Example::
     kafka = LocalKafka(tmp_path / "kafka")
     bootstrap = kafka.start()
     try:
-        create_topic(bootstrap, "records", partitions=3)
+        create_topic(bootstrap, "records", partitions=3)  # from tests/support/harness.py
         ...
         kafka.restart(kill=True)
     finally:
@@ -26,18 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-
-# The documented public path is confluent_kafka.admin.NewTopic, but that module
-# does not re-export it explicitly, so mypy --strict rejects it; cimpl defines it.
-from confluent_kafka.cimpl import NewTopic
-
-__all__ = ["KAFKA_LOCAL", "REPO_ROOT", "KafkaLocalError", "LocalKafka", "create_topic"]
+__all__ = ["KAFKA_LOCAL", "REPO_ROOT", "KafkaLocalError", "LocalKafka"]
 
 REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 """Root of the repository (``tests/support/`` is two levels below it)."""
@@ -190,45 +182,3 @@ class LocalKafka:
                 f"kafka-local {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
             )
         return proc.stdout
-
-
-def create_topic(
-    bootstrap: str,
-    name: str,
-    partitions: int,
-    replication_factor: int = 1,
-    timeout: float = 30.0,
-) -> None:
-    """Create topic ``name`` and wait until every partition has a leader.
-
-    Raises :class:`confluent_kafka.KafkaException` if creation fails (including
-    when the topic already exists) and :class:`TimeoutError` if the partitions
-    do not all get a leader within ``timeout`` seconds.
-    """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)],
-        operation_timeout=timeout,
-        request_timeout=timeout,
-    )
-    futures[name].result(timeout=timeout)
-
-    # CreateTopics returns once the controller committed the topic; wait until
-    # the broker's metadata shows it with a leader for every partition.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            md = admin.list_topics(topic=name, timeout=max(1.0, deadline - time.monotonic()))
-            topic = md.topics.get(name)
-            if (
-                topic is not None
-                and topic.error is None
-                and len(topic.partitions) == partitions
-                and all(p.leader >= 0 for p in topic.partitions.values())
-            ):
-                return
-        except KafkaException:
-            pass
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"topic {name!r} not ready on {bootstrap} after {timeout}s")
-        time.sleep(0.1)

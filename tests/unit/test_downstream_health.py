@@ -14,7 +14,7 @@ from tagging_sidecar.config import GrpcSettings
 from tagging_sidecar.forward import DownstreamHealth, connect
 from tagging_sidecar.observe.health import HealthServer, HealthState
 
-from ..support.sidecar import eventually
+from ..support.harness import eventually
 from .test_health import get
 
 
