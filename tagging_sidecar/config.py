@@ -365,7 +365,8 @@ class GrpcSettings(_Section):
     max_attempts: int = Field(
         default=0,
         ge=0,
-        description="attempts per batch for retryable errors; `0` retries until shutdown",
+        description="attempts per batch for retryable errors the server answers (our own "
+        "deadline and local failures do not count); `0` retries until shutdown",
     )
 
     @model_validator(mode="after")

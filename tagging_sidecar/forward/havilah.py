@@ -39,6 +39,10 @@ class CallResult:
     code: str
 
 
+#: failures that come from this side of the call, not from the server
+_NOT_THE_SERVERS = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "LOCAL_ERROR"})
+
+
 class _SomeAlreadyStored(PermanentForwardError):
     """``ALREADY_EXISTS`` for a call: some record of it is stored, maybe not the others."""
 
@@ -122,11 +126,14 @@ class HavilahClient:
         delay = settings.retry_initial_backoff
         attempt = 0
         while True:
-            attempt += 1
             try:
                 self._send(payloads)
                 return
             except RetryableForwardError as exc:
+                # Only the server's answers count against max_attempts: our own deadline or a
+                # local failure says nothing about the records.
+                if exc.code not in _NOT_THE_SERVERS:
+                    attempt += 1
                 if self._cancel.is_set() or (
                     settings.max_attempts and attempt >= settings.max_attempts
                 ):

@@ -310,7 +310,7 @@ class StreamProcessor:
             return
         if error.fatal():
             self.fatal = f"fatal Kafka error: {error.str()}"
-        _log.warning("kafka error", error=error.str(), code=error.name())
+        _log.warning("kafka client error", error=error.str(), code=error.name())
 
     def update_gauges(self) -> None:
         """Refresh the gauges that are sampled rather than counted."""

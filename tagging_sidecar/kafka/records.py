@@ -30,8 +30,10 @@ class Record:
 
     @property
     def value(self) -> bytes | None:
-        """The record's value as it was in Kafka."""
-        return self.original if self.original is not None else self.payload
+        """The record's value as it was in Kafka (None for a tombstone)."""
+        if self.original is not None or not self.payload:
+            return self.original  # re-encoded (JSON), undecodable, or null
+        return self.payload
 
     @property
     def coordinates(self) -> str:

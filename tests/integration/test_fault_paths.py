@@ -8,6 +8,7 @@ records) when it is broken.
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 import time
@@ -201,13 +202,15 @@ def test_a_dead_letter_too_large_for_the_topic_is_truncated_and_never_crashes_th
     group_id: str,
     tmp_path: Path,
 ) -> None:
-    """A 2 MB invalid value (accepted by the broker because it compresses well) goes to the
-    dead-letter topic cut to fit, with its original size in ``tagging.original.size``."""
+    """A 2 MiB invalid value that does not compress, accepted by its topic but larger than the
+    dead-letter topic takes, goes to the dead-letter topic cut to fit, with its original size
+    in ``tagging.original.size``; the sidecar never exits."""
     topic = f"big-{uuid.uuid4().hex[:8]}"
     create_topic(kafka_bootstrap, topic, 2, config={"max.message.bytes": str(8 * 1024 * 1024)})
     dlq = topic_factory(1)
     run = uuid.uuid4().hex[:8]
-    bad = b"\xff" * (2 * 1024 * 1024)  # not a Tagging: an unterminated varint, 2 MiB of it
+    # Not a Tagging (an unterminated varint first), and random: compression cannot shrink it.
+    bad = b"\xff" * 16 + random.Random(7).randbytes(2 * 1024 * 1024 - 16)
     records = [valid(run, i, 2) for i in range(1000)]
     records.append((0, b"bad", bad, []))
     records += [valid(run, i, 2) for i in range(1000, 2000)]

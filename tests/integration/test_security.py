@@ -197,7 +197,7 @@ def test_mtls_sink_refuses_a_sidecar_without_valid_credentials(
         ready, why = sidecar.health.ready()
         summary = running.stop()
     assert not ready
-    assert why == "gRPC downstream not reachable"
+    assert why == f"gRPC downstream 127.0.0.1:{sink.port} not reachable"
     assert sink.counters.calls == 0
     assert read_ids(tmp_path / "received.txt") == []
     assert summary.forwarded == 0

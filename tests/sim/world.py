@@ -155,10 +155,11 @@ class SimOutcomes(Outcomes):
 class Limits:
     """The bounds the simulated sidecar runs with."""
 
-    max_records: int = 12
+    max_records: int = 6
     max_bytes: int = 1 << 20
-    consume_batch: int = 5
-    pool_capacity: int = 8
+    consume_batch: int = 3
+    #: larger than ``max_records``, so that the in-flight limit is what binds
+    pool_capacity: int = 40
 
 
 class Sidecar:
@@ -226,7 +227,10 @@ class Sidecar:
             tally=self.tally,
             cancel=self.cancel,
             dead_letters=self.dlq,
-            timing=Timing(consume_batch=limits.consume_batch, idle_poll=0.0, grace=5.0),
+            # Pause as soon as the pipeline is full, so pauses meet rebalances often.
+            timing=Timing(
+                consume_batch=limits.consume_batch, idle_poll=0.0, pause_after=0.0, grace=5.0
+            ),
             clock=clock,
         )
         self.consumer.subscribe(

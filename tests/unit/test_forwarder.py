@@ -95,3 +95,18 @@ def test_retries_end_when_the_client_is_cancelled() -> None:
     with pytest.raises(RetryableForwardError):
         client.deliver(_payloads(["g0"]))
     assert server.stored == []
+
+
+def test_deadlines_of_our_own_do_not_use_up_max_attempts() -> None:
+    server = FakeServer(fail_next=[grpc.StatusCode.DEADLINE_EXCEEDED] * 5)
+    settings = GrpcSettings(retry_initial_backoff=0.001, retry_max_backoff=0.001, max_attempts=2)
+    assert HavilahClient(settings, server).deliver(_payloads(["h0"])) == []
+    assert server.stored == ["h0"]
+
+
+def test_server_answers_use_up_max_attempts() -> None:
+    server = FakeServer(fail_next=[grpc.StatusCode.UNAVAILABLE] * 5)
+    settings = GrpcSettings(retry_initial_backoff=0.001, retry_max_backoff=0.001, max_attempts=2)
+    with pytest.raises(RetryableForwardError):
+        HavilahClient(settings, server).deliver(_payloads(["h1"]))
+    assert server.calls == 2
