@@ -125,7 +125,7 @@ class KafkaSettings(_Section):
         description="seconds between asynchronous commits of the watermark",
     )
     commit_every: int = Field(
-        default=5000,
+        default=500,
         ge=1,
         description="records settled since the last commit that trigger one before the "
         "interval is up",

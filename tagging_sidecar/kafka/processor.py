@@ -70,7 +70,8 @@ class Timing:
     """The processor's clocks and limits, in seconds."""
 
     consume_batch: int = 2000
-    idle_poll: float = 0.5  #: how long one poll may block when nothing is ready
+    idle_poll: float = 0.5  #: how long one poll may block when nothing is ready or in flight
+    busy_poll: float = 0.005  #: how long one poll may block while records are in flight
     pause_after: float = 1.0  #: how long the pipeline may stay full before partitions pause
     grace: float = 20.0  #: drain on shutdown, wait for in-flight work on revoke
     committed_timeout: float = 10.0  #: reading committed offsets on assign
@@ -116,6 +117,7 @@ class StreamProcessor:
         self._timing = timing or Timing()
         self._clock = clock
         self._pending: deque[tuple[Hashable, Chunk]] = deque()
+        self._held: list[Message] = []
         self._full_since: float | None = None
         self._seen_scale = (0, 0)
         self.fatal: str | None = None
@@ -136,14 +138,24 @@ class StreamProcessor:
                 # the group keeps us while nothing moves.
                 self.partitions.pause_all()
                 self._ingest_all(self.consumer.consume(self._timing.consume_batch, 0))
+            else:
+                # Full for a moment (normal under load): pausing would throw librdkafka's
+                # prefetch away, but commit results and rebalances are only served inside
+                # consume(). Poll for one message per pass and keep it aside until there is
+                # room (at most one per pass for at most ``pause_after`` seconds).
+                self._held += self.consumer.consume(1, 0)
             self._apply(self._outcomes.take(self._timing.full_wait))
         else:
             self._full_since = None
             self.partitions.resume_all()
             # Take what is ready without waiting; block (for one record) only when nothing is.
-            messages = self.consumer.consume(self._timing.consume_batch, 0)
+            messages = self._held + self.consumer.consume(self._timing.consume_batch, 0)
+            self._held = []
             if not messages:
-                messages = self.consumer.consume(1, self._timing.idle_poll)
+                # Results arrive on another queue than Kafka's: with records in flight, block
+                # only briefly, so that they are applied and committed without delay.
+                wait = self._timing.busy_poll if self.inflight.records else self._timing.idle_poll
+                messages = self.consumer.consume(1, wait)
             self._ingest_all(messages)
         if self._dead_letters is not None:
             self._dead_letters.poll(0)
