@@ -29,7 +29,7 @@ from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.ingest import Ingest
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Outcomes, Tally
 from tagging_sidecar.kafka.partitions import PartitionStates
-from tagging_sidecar.kafka.processor import StreamProcessor, Timing
+from tagging_sidecar.kafka.processor import GaugeSampler, StreamProcessor, Timing
 from tagging_sidecar.kafka.records import Chunk
 from tagging_sidecar.kafka.stats import apply_statistics
 from tagging_sidecar.observe.health import HealthServer, HealthState, tick_timeout
@@ -108,32 +108,9 @@ class Sidecar:
         s = self.settings
         client_id = f"tagging-sidecar-{socket.gethostname()}-{os.getpid()}"
         outcomes = Outcomes()
-        pool: WorkerPool[Chunk] = WorkerPool(
-            lambda: ForwardingDispatcher(client, ready_timeout=min(5.0, s.grpc.timeout)),
-            outcomes.batch_done,
-            ScalingPolicy(
-                s.pool.min_workers, s.pool.max_workers, s.pool.queue_size, s.pool.idle_timeout
-            ),
-            max_batch=s.pool.queue_size,
-            before_backoff=(s.grpc.retry_initial_backoff, s.grpc.retry_max_backoff),
-            name="forward",
-            linger=s.pool.linger,
-        )
-        dlq = None
-        if s.dlq.topic:
-            dlq = deadletter.DeadLetterProducer(
-                s.dlq.topic,
-                deadletter.producer(dead_letter_config(s.kafka, client_id + "-dlq")),
-                outcomes.dead_letter_done,
-                truncate_to=s.dlq.truncate_to,
-            )
-        conf = consumer_config(s.kafka, client_id)
-        # librdkafka takes its callbacks at construction, before the parts that need the
-        # consumer exist; they fire only inside consume(), when the processor is there.
-        conf["on_commit"] = self._on_commit
-        conf["stats_cb"] = self._on_stats
-        conf["error_cb"] = self._on_kafka_error
-        consumer = Consumer(conf, logger=_librdkafka_log)
+        pool = self._pool(client, outcomes)
+        dlq = self._dead_letters(client_id, outcomes)
+        consumer = self._consumer(client_id)
         partitions = PartitionStates(consumer)
         inflight = InFlight(s.pool.max_inflight_records, s.pool.max_inflight_bytes)
         router = OutcomeRouter(
@@ -144,25 +121,6 @@ class Sidecar:
             tally=self.summary,
             cancel=self._cancel,
         )
-        committer = Committer(
-            consumer=consumer,
-            partitions=partitions,
-            metrics=self.metrics,
-            interval=s.kafka.commit_interval,
-            every=s.kafka.commit_every,
-            on_moved=self.health.watermark_moved,
-        )
-        ingest = Ingest(
-            decode=decoder_for(s.decode.format, s.grpc.max_message_bytes - 1024),
-            tombstones=s.decode.tombstones,
-            ordering=s.pool.ordering,
-            lanes=s.pool.max_workers,
-            partitions=partitions,
-            inflight=inflight,
-            router=router,
-            metrics=self.metrics,
-            tally=self.summary,
-        )
         processor = StreamProcessor(
             consumer=consumer,
             pool=pool,
@@ -170,8 +128,15 @@ class Sidecar:
             partitions=partitions,
             inflight=inflight,
             router=router,
-            ingest=ingest,
-            committer=committer,
+            ingest=self._ingest(partitions, inflight, router),
+            committer=Committer(
+                consumer=consumer,
+                partitions=partitions,
+                metrics=self.metrics,
+                interval=s.kafka.commit_interval,
+                every=s.kafka.commit_every,
+                on_moved=self.health.watermark_moved,
+            ),
             health=self.health,
             metrics=self.metrics,
             tally=self.summary,
@@ -180,7 +145,13 @@ class Sidecar:
             timing=Timing(consume_batch=s.kafka.consume_batch_size, grace=s.shutdown.grace_period),
         )
         self._processor = processor
+        self._gauges = GaugeSampler(processor, pool, self.metrics)
         pool.start()
+        self._subscribe(consumer, processor)
+        return processor
+
+    def _subscribe(self, consumer: Consumer, processor: StreamProcessor) -> None:
+        s = self.settings
         consumer.subscribe(
             s.kafka.topics,
             on_assign=processor.on_assign,
@@ -195,7 +166,58 @@ class Sidecar:
             mode=s.grpc.mode.value,
             ordering=s.pool.ordering.value,
         )
-        return processor
+
+    def _consumer(self, client_id: str) -> Consumer:
+        conf = consumer_config(self.settings.kafka, client_id)
+        # librdkafka takes its callbacks at construction, before the parts that need the
+        # consumer exist; they fire only inside consume(), when the processor is there.
+        conf["on_commit"] = self._on_commit
+        conf["stats_cb"] = self._on_stats
+        conf["error_cb"] = self._on_kafka_error
+        return Consumer(conf, logger=_librdkafka_log)
+
+    def _ingest(
+        self, partitions: PartitionStates, inflight: InFlight, router: OutcomeRouter
+    ) -> Ingest:
+        s = self.settings
+        return Ingest(
+            decode=decoder_for(s.decode.format, s.grpc.max_message_bytes - 1024),
+            tombstones=s.decode.tombstones,
+            ordering=s.pool.ordering,
+            lanes=s.pool.max_workers,
+            partitions=partitions,
+            inflight=inflight,
+            router=router,
+            metrics=self.metrics,
+            tally=self.summary,
+        )
+
+    def _pool(self, client: HavilahClient, outcomes: Outcomes) -> WorkerPool[Chunk]:
+        s = self.settings
+        return WorkerPool(
+            lambda: ForwardingDispatcher(client, ready_timeout=min(5.0, s.grpc.timeout)),
+            outcomes.batch_done,
+            ScalingPolicy(
+                s.pool.min_workers, s.pool.max_workers, s.pool.queue_size, s.pool.idle_timeout
+            ),
+            max_batch=s.pool.queue_size,
+            before_backoff=(s.grpc.retry_initial_backoff, s.grpc.retry_max_backoff),
+            name="forward",
+            linger=s.pool.linger,
+        )
+
+    def _dead_letters(
+        self, client_id: str, outcomes: Outcomes
+    ) -> deadletter.DeadLetterProducer | None:
+        s = self.settings
+        if not s.dlq.topic:
+            return None
+        return deadletter.DeadLetterProducer(
+            s.dlq.topic,
+            deadletter.producer(dead_letter_config(s.kafka, client_id + "-dlq")),
+            outcomes.dead_letter_done,
+            truncate_to=s.dlq.truncate_to,
+        )
 
     def _loop(self, processor: StreamProcessor) -> None:
         next_gauges = 0.0
@@ -204,7 +226,7 @@ class Sidecar:
             now = time.monotonic()
             if now >= next_gauges:
                 next_gauges = now + 1.0
-                processor.update_gauges()
+                self._gauges.sample()
 
     def _shutdown(self, processor: StreamProcessor) -> None:
         """Drain, commit and close, all within the grace period."""

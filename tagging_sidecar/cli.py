@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 import structlog
@@ -151,33 +152,8 @@ def _check_sink_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"sink: --{flag.replace('_', '-')} {path} is not a readable file")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="tagging-sidecar",
-        description="Forward Kafka records to a Havilah gRPC service. "
-        "Configured by TAGGING_* environment variables (see README).",
-    )
-    parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    reference = help_text()
-    sub.add_parser(
-        "run",
-        help="run the sidecar",
-        description="Run the sidecar until SIGTERM/SIGINT; it drains, commits and exits 0.",
-        epilog=reference,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).set_defaults(func=cmd_run)
-    sub.add_parser(
-        "check-config",
-        help="validate the settings and print them, secrets masked",
-        description="Validate the settings and print them with secrets masked; exit 2 if they "
-        "are invalid.",
-        epilog=reference,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).set_defaults(func=cmd_check_config)
-
+def _add_sink(sub: Any) -> None:
+    """The ``sink`` subcommand: the reference Havilah server."""
     sink = sub.add_parser("sink", help="run the reference Havilah gRPC server")
     sink.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0: any)")
     sink.add_argument("--record", type=Path, help="append every received id to this file")
@@ -206,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sink.set_defaults(func=cmd_sink, check=_check_sink_args)
 
+
+def _add_produce(sub: Any) -> None:
+    """The ``produce`` subcommand: demo records."""
     produce = sub.add_parser("produce", help="produce demo Tagging records")
     produce.add_argument(
         "--bootstrap",
@@ -220,6 +199,37 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--ids-file", type=Path, help="write the produced ids here")
     produce.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     produce.set_defaults(func=cmd_produce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tagging-sidecar",
+        description="Forward Kafka records to a Havilah gRPC service. "
+        "Configured by TAGGING_* environment variables (see README).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    reference = help_text()
+    sub.add_parser(
+        "run",
+        help="run the sidecar",
+        description="Run the sidecar until SIGTERM/SIGINT; it drains, commits and exits 0.",
+        epilog=reference,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=cmd_run)
+    sub.add_parser(
+        "check-config",
+        help="validate the settings and print them, secrets masked",
+        description="Validate the settings and print them with secrets masked; exit 2 if they "
+        "are invalid.",
+        epilog=reference,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=cmd_check_config)
+
+    _add_sink(sub)
+    _add_produce(sub)
 
     return parser
 

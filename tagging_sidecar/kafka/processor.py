@@ -119,7 +119,6 @@ class StreamProcessor:
         self._pending: deque[tuple[Hashable, Chunk]] = deque()
         self._held: list[Message] = []
         self._full_since: float | None = None
-        self._seen_scale = (0, 0)
         self.fatal: str | None = None
 
     # -- the loop -------------------------------------------------------------------------
@@ -324,26 +323,37 @@ class StreamProcessor:
             self.fatal = f"fatal Kafka error: {error.str()}"
         _log.warning("kafka client error", error=error.str(), code=error.name())
 
-    def update_gauges(self) -> None:
-        """Refresh the gauges that are sampled rather than counted."""
+
+def _names(tps: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}/{tp.partition}" for tp in tps]
+
+
+class GaugeSampler:
+    """Refreshes the gauges that are sampled rather than counted (once a second)."""
+
+    def __init__(self, processor: StreamProcessor, pool: Pool, metrics: Metrics) -> None:
+        self._processor = processor
+        self._pool = pool
+        self._metrics = metrics
+        self._seen_scale = (0, 0)
+
+    def sample(self) -> None:
+        """Read the pool, the in-flight counts and the partitions into the gauges."""
+        processor = self._processor
         stats = self._pool.stats()
         m = self._metrics
         m.workers_active.set(stats.active_workers)
         m.workers_wanted.set(stats.wanted_workers)
         m.pool_backlog.set(stats.backlog)
-        m.inflight_records.set(self.inflight.records)
-        m.inflight_bytes.set(self.inflight.bytes)
-        m.partitions_paused.set(self.partitions.paused_count())
+        m.inflight_records.set(processor.inflight.records)
+        m.inflight_bytes.set(processor.inflight.bytes)
+        m.partitions_paused.set(processor.partitions.paused_count())
         ups, downs = self._seen_scale
         m.pool_scale_events.labels(direction="up").inc(stats.scale_ups - ups)
         m.pool_scale_events.labels(direction="down").inc(stats.scale_downs - downs)
         self._seen_scale = (stats.scale_ups, stats.scale_downs)
-        if self.partitions.in_flight():
-            m.watermark_stalled.set(self.health.stalled_for())
+        if processor.partitions.in_flight():
+            m.watermark_stalled.set(processor.health.stalled_for())
         else:
-            self.health.watermark_moved()
+            processor.health.watermark_moved()
             m.watermark_stalled.set(0)
-
-
-def _names(tps: list[TopicPartition]) -> list[str]:
-    return [f"{tp.topic}/{tp.partition}" for tp in tps]

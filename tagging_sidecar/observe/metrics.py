@@ -46,6 +46,24 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         ns = NAMESPACE
+        self._record_metrics(r, ns)
+        self._pool_metrics(r, ns)
+        self._kafka_metrics(r, ns)
+        # Memory, CPU seconds and open file descriptors of this process.
+        ProcessCollector(namespace=ns, registry=r)
+        #: every gauge with ``topic`` and ``partition`` labels, cleared by forget_partitions
+        self._partition_gauges = (self.committed_offset, self.consumer_lag)
+        # Export every known label value from the start, so rates and alerts see a zero.
+        for reason in FAILURE_REASONS:
+            self.records_failed.labels(reason=reason)
+        self.records_dead_lettered.labels(reason="undeliverable")
+        for reason in ("tombstone", "delivered_before"):
+            self.records_skipped.labels(reason=reason)
+        for direction in ("up", "down"):
+            self.pool_scale_events.labels(direction=direction)
+
+    def _record_metrics(self, r: CollectorRegistry, ns: str) -> None:
+        """Records in and out, and the calls to the downstream."""
         self.records_consumed = Counter(
             "records_consumed", "Records read from Kafka.", namespace=ns, registry=r
         )
@@ -97,6 +115,9 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+
+    def _pool_metrics(self, r: CollectorRegistry, ns: str) -> None:
+        """The worker pool and what is in flight."""
         self.workers_active = Gauge(
             "workers_active", "Pool workers running.", namespace=ns, registry=r
         )
@@ -125,6 +146,9 @@ class Metrics:
         self.inflight_bytes = Gauge(
             "inflight_bytes", "Bytes of the in-flight records.", namespace=ns, registry=r
         )
+
+    def _kafka_metrics(self, r: CollectorRegistry, ns: str) -> None:
+        """Commits, partitions, lag and freshness."""
         self.commit_duration = Histogram(
             "commit_duration_seconds",
             "Duration of offset commits.",
@@ -166,18 +190,6 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
-        # Memory, CPU seconds and open file descriptors of this process.
-        ProcessCollector(namespace=ns, registry=r)
-        #: every gauge with ``topic`` and ``partition`` labels, cleared by forget_partitions
-        self._partition_gauges = (self.committed_offset, self.consumer_lag)
-        # Export every known label value from the start, so rates and alerts see a zero.
-        for reason in FAILURE_REASONS:
-            self.records_failed.labels(reason=reason)
-        self.records_dead_lettered.labels(reason="undeliverable")
-        for reason in ("tombstone", "delivered_before"):
-            self.records_skipped.labels(reason=reason)
-        for direction in ("up", "down"):
-            self.pool_scale_events.labels(direction=direction)
 
     def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
         """Drop the per-partition series of partitions this consumer no longer owns (revoked or
