@@ -16,6 +16,7 @@ the totals (:meth:`ChildrenMetrics.retire`), so counters stay monotonic.
 
 from __future__ import annotations
 
+import http.client
 import threading
 import urllib.error
 import urllib.request
@@ -53,6 +54,9 @@ def fetch(port: int, path: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+    except http.client.HTTPException as exc:
+        # A child killed in the middle of an answer: as good as no answer.
+        raise ConnectionError(f"{url}: {exc!r}") from None
 
 
 class ChildrenProbes:

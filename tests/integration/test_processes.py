@@ -14,9 +14,8 @@ from tagging_sidecar.sink import SinkServer
 from tagging_sidecar.supervisor import Supervisor
 
 from ..support.faults import wedge_on_marker
-from ..support.harness import all_committed, all_received, eventually, scrape
+from ..support.harness import all_committed, all_received, eventually, http_get, scrape
 from ..support.inprocess import make_settings
-from ..unit.test_health import get
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +48,8 @@ def test_two_processes_behind_one_port_and_a_wedged_one_is_restarted(
         port = supervisor.http_port
         assert port is not None
         base = f"http://127.0.0.1:{port}"
-        eventually(lambda: get(base + "/readyz") == (200, "ok\n"), timeout=90)
+        # While the child restarts, the parent may drop a probe: ask until it answers ready.
+        eventually(lambda: http_get(base + "/readyz") == (200, "ok\n"), timeout=90)
 
         count = 2000
         ids = produce({"bootstrap.servers": kafka_bootstrap}, topic, count)
@@ -68,7 +68,8 @@ def test_two_processes_behind_one_port_and_a_wedged_one_is_restarted(
         assert not marker.exists()
         # The restarted child starts its counters at 0; the sum does not go down.
         assert scrape(port)["tagging_sidecar_records_forwarded_total"] >= count
-        eventually(lambda: get(base + "/readyz") == (200, "ok\n"), timeout=90)
+        # While the child restarts, the parent may drop a probe: ask until it answers ready.
+        eventually(lambda: http_get(base + "/readyz") == (200, "ok\n"), timeout=90)
 
         more = produce({"bootstrap.servers": kafka_bootstrap}, topic, 1000)
         eventually(all_received(tmp_path / "received.txt", more), timeout=90)
