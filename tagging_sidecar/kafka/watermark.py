@@ -23,6 +23,7 @@ class PartitionWatermark:
         "committed",
         "delivered_before",
         "done_version",
+        "moved",
         "sent_version",
     )
 
@@ -40,6 +41,8 @@ class PartitionWatermark:
         self.done_version = 0
         #: ``done_version`` of the last commit sent; -1 when it must be sent again
         self.sent_version = 0
+        #: whether the position ever moved past the first offset tracked
+        self.moved = False
 
     def track(self, offset: int) -> None:
         """Record that ``offset`` was dispatched; offsets must increase."""
@@ -59,6 +62,7 @@ class PartitionWatermark:
             self.done_version += 1
             return
         last = pending.popleft()
+        self.moved = True
         finished = self._done
         while pending and pending[0] in finished:
             last = pending.popleft()
@@ -109,6 +113,8 @@ class PartitionWatermark:
         position = self.position()
         if position is None:
             return None
+        if self.committed is None and not self.moved and not self._done:
+            return None  # nothing done yet: committing where reading started says nothing
         if self.committed is None or position > self.committed:
             return position
         if self._done and self.done_version != self.sent_version:
