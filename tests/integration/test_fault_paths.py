@@ -36,7 +36,7 @@ from ..support.harness import (
     read_ids,
     sidecar_env,
 )
-from ..support.servers import HangingServer, HavilahServer, IdempotentServer
+from ..support.servers import HangingServer, HavilahServer, IdempotentServer, SlowRejectServer
 
 pytestmark = pytest.mark.integration
 
@@ -562,6 +562,65 @@ def test_a_second_member_joining_causes_no_duplicates_even_with_rejected_records
     got = read_ids(received)
     assert len(got) == len(set(got)), f"{len(got) - len(set(got))} duplicates; {report()}"
     assert records_in(kafka_bootstrap, dlq, 1) == len(sink.faults.reject_ids)
+
+
+# -- 8. late results of partitions no longer owned ---------------------------------------------
+
+
+def test_a_late_rejection_for_a_revoked_partition_is_discarded(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    """A call that the server answers with a rejection only after its partition was revoked
+    (the grace period ran out first) is discarded by the old owner: the new owner reads the
+    record again and dead-letters it, so each poisoned record is dead-lettered exactly once."""
+    topic = topic_factory(2)
+    dlq = topic_factory(1)
+    run = uuid.uuid4().hex[:8]
+    poison = {f"{run}-poison-{p}" for p in (0, 1)}
+    records: list[RawRecord] = []
+    for p in (0, 1):
+        record = make_record(run, 0)
+        record.id = f"{run}-poison-{p}"
+        records.append((p, b"poison", encode(record, InputFormat.PROTOBUF), []))
+    records += [valid(run, i, 2) for i in range(400)]
+    produce_raw(kafka_bootstrap, topic, records)
+    wanted = {f"{run}-{i}" for i in range(400)}
+    with SlowRejectServer(poison, delay=8.0) as server:
+        env = fault_env(
+            kafka_bootstrap,
+            topic,
+            group_id,
+            server.target,
+            DLQ__TOPIC=dlq,
+            SHUTDOWN__GRACE_PERIOD="1",
+            GRPC__TIMEOUT="30",
+        )
+        first = SidecarProcess(env, tmp_path / "first.log")
+        wait_for(lambda: server.held_calls >= 1, lambda: "no call held", timeout=60)
+        second = SidecarProcess(env, tmp_path / "second.log")
+        wait_for(
+            lambda: '"partitions revoked"' in first.log(),
+            lambda: "no partition moved to the second member",
+            timeout=60,
+        )
+        report = progress_report(wanted, server.stored_ids, first)
+        wait_for(lambda: wanted <= set(server.stored_ids()), report, timeout=90)
+        wait_for(
+            all_committed(kafka_bootstrap, group_id, topic, 2),
+            committed_report(kafka_bootstrap, group_id, topic, 2),
+            timeout=60,
+        )
+        assert first.terminate() == 0
+        assert second.terminate() == 0
+    letters = read_topic(kafka_bootstrap, dlq, 1)
+    lettered = sorted(
+        (m.partition(), dict(headers_of(m))["tagging.original.partition"]) for m in letters
+    )
+    assert len(letters) == 2, f"{len(letters)} dead letters for 2 poisoned records: {lettered}"
+    assert {dict(headers_of(m))["tagging.original.partition"] for m in letters} == {b"0", b"1"}
 
 
 # -- 7. local errors ----------------------------------------------------------------------------

@@ -200,3 +200,30 @@ class HangingServer(HavilahServer):
                 time.sleep(0.05)
             context.abort(grpc.StatusCode.UNAVAILABLE, "hung on purpose")
         return super().handle(records, context)
+
+
+class SlowRejectServer(HavilahServer):
+    """Rejects every call that carries an id in :attr:`poison` with ``INVALID_ARGUMENT``; the
+    first such call is held for ``delay`` seconds before the answer, so that its result comes
+    back late. Every other call is stored."""
+
+    def __init__(self, poison: set[str], delay: float) -> None:
+        super().__init__()
+        self.poison = poison
+        self.delay = delay
+        self.held_calls = 0
+
+    def handle(
+        self, records: Records, context: grpc.ServicerContext
+    ) -> tagging_pb2.StreamMetricResponse:
+        """Hold the first poisoned call, then reject it; reject later ones at once."""
+        batch = list(records)
+        if not any(record.id in self.poison for record in batch):
+            return super().handle(iter(batch), context)
+        with self.lock:
+            self.held_calls += 1
+            first = self.held_calls == 1
+        if first:
+            time.sleep(self.delay)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "poison")
+        raise AssertionError("unreachable: abort raises")
