@@ -235,7 +235,10 @@ class StreamProcessor:
             if self._dead_letters is not None:
                 self._dead_letters.poll(0)
             self._apply(self._outcomes.take(self._timing.wait_step))
-        self.committer.commit_now(tps)
+        if not self._cancel.is_set():
+            # At shutdown the last commit was already made, bounded by the deadline; a
+            # synchronous one here could wait on a coordinator that is down.
+            self.committer.commit_now(tps)
         self._forget(tps)
         _log.info("partitions revoked", partitions=_names(revoked))
 

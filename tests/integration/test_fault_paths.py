@@ -148,6 +148,28 @@ def committed_report(bootstrap: str, group: str, topic: str, partitions: int) ->
     return report
 
 
+def delivered_and_committed(
+    wanted: set[str],
+    stored: Callable[[], list[str]],
+    sidecar: SidecarProcess,
+    bootstrap: str,
+    group: str,
+    topic: str,
+    partitions: int,
+    timeout: float = 120,
+) -> Callable[[], str]:
+    """Wait until every wanted id is stored and every partition committed to its end; return
+    the progress report for later assertions."""
+    report = progress_report(wanted, stored, sidecar)
+    wait_for(lambda: wanted <= set(stored()), report, timeout=timeout)
+    wait_for(
+        all_committed(bootstrap, group, topic, partitions),
+        committed_report(bootstrap, group, topic, partitions),
+        timeout=60,
+    )
+    return report
+
+
 # -- 1. ALREADY_EXISTS ------------------------------------------------------------------------
 
 
@@ -224,12 +246,8 @@ def test_a_dead_letter_too_large_for_the_topic_is_truncated_and_never_crashes_th
     with HavilahServer() as server:
         env = fault_env(kafka_bootstrap, topic, group_id, server.target, DLQ__TOPIC=dlq)
         sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
-        report = progress_report(wanted, server.stored_ids, sidecar)
-        wait_for(lambda: wanted <= set(server.stored_ids()), report, timeout=120)
-        wait_for(
-            all_committed(kafka_bootstrap, group_id, topic, 2),
-            committed_report(kafka_bootstrap, group_id, topic, 2),
-            timeout=60,
+        report = delivered_and_committed(
+            wanted, server.stored_ids, sidecar, kafka_bootstrap, group_id, topic, 2, timeout=120
         )
         assert sidecar.proc.poll() is None, report()
         letters = read_topic(kafka_bootstrap, dlq, 1)
@@ -278,12 +296,8 @@ def test_tombstones_are_skipped_counted_and_committed_by_default(
             HTTP__PORT=str(http_port),
         )
         sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
-        report = progress_report(wanted, server.stored_ids, sidecar)
-        wait_for(lambda: wanted <= set(server.stored_ids()), report, timeout=120)
-        wait_for(
-            all_committed(kafka_bootstrap, group_id, topic, 3),
-            committed_report(kafka_bootstrap, group_id, topic, 3),
-            timeout=60,
+        report = delivered_and_committed(
+            wanted, server.stored_ids, sidecar, kafka_bootstrap, group_id, topic, 3, timeout=120
         )
         assert sidecar.proc.poll() is None, report()
         stored = server.stored_ids()
@@ -322,12 +336,8 @@ def test_tombstones_go_to_the_dead_letter_topic_when_asked(
             DECODE__TOMBSTONES="dead-letter",
         )
         sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
-        report = progress_report(wanted, server.stored_ids, sidecar)
-        wait_for(lambda: wanted <= set(server.stored_ids()), report, timeout=120)
-        wait_for(
-            all_committed(kafka_bootstrap, group_id, topic, 2),
-            committed_report(kafka_bootstrap, group_id, topic, 2),
-            timeout=60,
+        delivered_and_committed(
+            wanted, server.stored_ids, sidecar, kafka_bootstrap, group_id, topic, 2, timeout=120
         )
         letters = read_topic(kafka_bootstrap, dlq, 1)
         assert sorted(m.key() or b"" for m in letters) == sorted(
@@ -499,12 +509,15 @@ def test_partitions_paused_for_backpressure_resume_after_a_revoke_and_reassign(
     sink.faults.hang = False
     second = produce({"bootstrap.servers": kafka_bootstrap}, topic, 2000, run_id="after")
     wanted = set(first + second)
-    report = progress_report(wanted, lambda: read_ids(received), sidecar)
-    wait_for(lambda: wanted <= set(read_ids(received)), report, timeout=120)
-    wait_for(
-        all_committed(kafka_bootstrap, group_id, topic, 4),
-        committed_report(kafka_bootstrap, group_id, topic, 4),
-        timeout=60,
+    delivered_and_committed(
+        wanted,
+        lambda: read_ids(received),
+        sidecar,
+        kafka_bootstrap,
+        group_id,
+        topic,
+        4,
+        timeout=120,
     )
     assert sidecar.terminate() == 0
 
@@ -550,12 +563,8 @@ def test_a_second_member_joining_causes_no_duplicates_even_with_rejected_records
     )
     producer.join(60)
     wanted = set(produced) - sink.faults.reject_ids
-    report = progress_report(wanted, lambda: read_ids(received), second)
-    wait_for(lambda: wanted <= set(read_ids(received)), report, timeout=90)
-    wait_for(
-        all_committed(kafka_bootstrap, group_id, topic, 4),
-        committed_report(kafka_bootstrap, group_id, topic, 4),
-        timeout=60,
+    report = delivered_and_committed(
+        wanted, lambda: read_ids(received), second, kafka_bootstrap, group_id, topic, 4, timeout=90
     )
     assert second.terminate() == 0
     assert first.terminate() == 0
@@ -606,12 +615,8 @@ def test_a_late_rejection_for_a_revoked_partition_is_discarded(
             lambda: "no partition moved to the second member",
             timeout=60,
         )
-        report = progress_report(wanted, server.stored_ids, first)
-        wait_for(lambda: wanted <= set(server.stored_ids()), report, timeout=90)
-        wait_for(
-            all_committed(kafka_bootstrap, group_id, topic, 2),
-            committed_report(kafka_bootstrap, group_id, topic, 2),
-            timeout=60,
+        delivered_and_committed(
+            wanted, server.stored_ids, first, kafka_bootstrap, group_id, topic, 2, timeout=90
         )
         assert first.terminate() == 0
         assert second.terminate() == 0
@@ -740,12 +745,8 @@ def test_three_sigkills_while_producing_duplicate_at_most_five_percent(
     assert len(produced) == 20_000
     final = SidecarProcess(env, tmp_path / "sidecar-final.log")
     wanted = set(produced)
-    report = progress_report(wanted, lambda: read_ids(received), final)
-    wait_for(lambda: wanted <= set(read_ids(received)), report, timeout=180)
-    wait_for(
-        all_committed(kafka_bootstrap, group_id, topic, 3),
-        committed_report(kafka_bootstrap, group_id, topic, 3),
-        timeout=60,
+    delivered_and_committed(
+        wanted, lambda: read_ids(received), final, kafka_bootstrap, group_id, topic, 3, timeout=180
     )
     assert final.terminate() == 0
     got = read_ids(received)

@@ -6,6 +6,7 @@ offsets, and watches that committed offsets never go backwards.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
@@ -389,5 +390,30 @@ def test_broker_restart_mid_stream_loses_nothing(
             eventually(all_committed(bootstrap, group_id, topic, 3), timeout=90)
             assert sidecar.terminate() == 0
         assert monitor.regressions == []
+    finally:
+        broker.stop()
+
+
+def test_sigterm_while_the_broker_is_down_exits_within_the_grace_period(
+    sink: SinkServer, tmp_path: Path, group_id: str
+) -> None:
+    """The last commit and the consumer's close cannot reach a coordinator that is down: the
+    sidecar still exits within the pod's termination grace (grace period + 10 s)."""
+    broker = LocalKafka(tmp_path / "own-kafka")
+    bootstrap = broker.start()
+    try:
+        topic = "down-at-exit"
+        create_topic(bootstrap, topic, 3)
+        received = tmp_path / "received.txt"
+        grace = 3
+        env = fault_env(bootstrap, topic, group_id, sink.port, SHUTDOWN__GRACE_PERIOD=str(grace))
+        produce({"bootstrap.servers": bootstrap}, topic, 2000)
+        sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
+        eventually(lambda: len(read_ids(received)) > 500, timeout=60)
+        broker.stop()
+        eventually(lambda: '"kafka client error"' in sidecar.log(), timeout=60)
+        sidecar.proc.send_signal(signal.SIGTERM)
+        # A bound on the exit, as the kubelet applies one; not a timing measurement.
+        assert sidecar.wait(grace + 10) == 0, sidecar.log()[-2000:]
     finally:
         broker.stop()
