@@ -708,7 +708,7 @@ def test_sigterm_while_the_downstream_hangs_exits_within_the_grace_period(
 # -- 11. duplicates after crashes ---------------------------------------------------------------
 
 
-def test_three_sigkills_while_producing_duplicate_at_most_five_percent(
+def test_three_sigkills_in_start_up_bursts_lose_nothing(
     kafka_bootstrap: str,
     topic_factory: Callable[[int], str],
     group_id: str,
@@ -717,8 +717,8 @@ def test_three_sigkills_while_producing_duplicate_at_most_five_percent(
 ) -> None:
     """Three SIGKILLs while 20,000 records are produced at 4,000/s, each one after the
     restarted process delivered 1,500 more records, so every kill falls in a start-up burst:
-    every record is delivered, and far fewer than all are delivered twice (measured here:
-    24-29 %; the bound below leaves room for a loaded machine)."""
+    every record is delivered. A kill that early lands before most commits can, so up to what
+    each killed process delivered may come again (measured here: 24-32 %)."""
     topic = topic_factory(3)
     received = tmp_path / "received.txt"
     env = fault_env(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}")
@@ -751,7 +751,72 @@ def test_three_sigkills_while_producing_duplicate_at_most_five_percent(
     assert final.terminate() == 0
     got = read_ids(received)
     duplicates = len(got) - len(set(got))
-    assert duplicates <= len(produced) * 0.4, (
+    assert duplicates <= len(produced) * 0.5, (
+        f"{duplicates} duplicates ({duplicates / len(produced):.0%}); "
+        f"most repeated: {Counter(got).most_common(1)}"
+    )
+
+
+def test_three_sigkills_at_the_live_rate_duplicate_at_most_five_percent(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+    tmp_path: Path,
+) -> None:
+    """Three SIGKILLs while 20,000 records are produced at 4,000/s, each once the restarted
+    process has caught up with the producer (the steady state of a live topic): every record
+    is delivered, and at most 5 % twice."""
+    topic = topic_factory(3)
+    received = tmp_path / "received.txt"
+    env = fault_env(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}")
+    produced: list[str] = []
+    sent = [0]
+
+    def progress(done: int) -> None:
+        sent[0] = done
+
+    producer = threading.Thread(
+        target=lambda: produced.extend(
+            produce(
+                {"bootstrap.servers": kafka_bootstrap},
+                topic,
+                20_000,
+                rate=4000,
+                progress=progress,
+            )
+        ),
+        daemon=True,
+    )
+    producer.start()
+    for attempt in range(3):
+        sidecar = SidecarProcess(env, tmp_path / f"sidecar-{attempt}.log")
+        # Caught up: within a tenth of a second of the producer.
+        wait_for(
+            lambda: len(set(read_ids(received))) >= sent[0] - 400 and sent[0] > 0,
+            lambda: f"{len(set(read_ids(received)))} of {sent[0]} received",
+            timeout=90,
+            interval=0.05,
+        )
+        sidecar.proc.send_signal(signal.SIGKILL)
+        sidecar.wait(30)
+    producer.join(120)
+    assert len(produced) == 20_000
+    final = SidecarProcess(env, tmp_path / "sidecar-final.log")
+    delivered_and_committed(
+        set(produced),
+        lambda: read_ids(received),
+        final,
+        kafka_bootstrap,
+        group_id,
+        topic,
+        3,
+        timeout=180,
+    )
+    assert final.terminate() == 0
+    got = read_ids(received)
+    duplicates = len(got) - len(set(got))
+    assert duplicates <= len(produced) * 0.05, (
         f"{duplicates} duplicates ({duplicates / len(produced):.0%}); "
         f"most repeated: {Counter(got).most_common(1)}"
     )
