@@ -133,9 +133,9 @@ def test_sigkill_three_times_loses_nothing_and_duplicates_stay_within_the_bound(
     topic = topic_factory(3)
     received = tmp_path / "received.txt"
     env = fault_env(kafka_bootstrap, topic, group_id, sink.port)
-    # The README's bound per unclean stop: the records acknowledged in the last commit interval
-    # (plus a commit round trip, at most COMMIT_SLACK here) and everything that can be in
-    # flight. The first term depends on the rate at that moment (a restarted sidecar catches
+    # A bound per unclean stop (README, "After a crash"): the records acknowledged in the last
+    # commit interval (plus a commit round trip, at most COMMIT_SLACK here) and everything that
+    # can be in flight in the pool. The first term depends on the rate at that moment (a restarted sidecar catches
     # up fast), so it is measured from the sink's record just before each kill.
     window = COMMIT_INTERVAL + COMMIT_SLACK
     bound = 0
