@@ -135,8 +135,9 @@ def test_sigkill_three_times_loses_nothing_and_duplicates_stay_within_the_bound(
     env = fault_env(kafka_bootstrap, topic, group_id, sink.port)
     # A bound per unclean stop (README, "After a crash"): the records acknowledged in the last
     # commit interval (plus a commit round trip, at most COMMIT_SLACK here) and everything that
-    # can be in flight in the pool. The first term depends on the rate at that moment (a restarted sidecar catches
-    # up fast), so it is measured from the sink's record just before each kill.
+    # can be in flight in the pool. The first term depends on the rate at that moment (a
+    # restarted sidecar catches up fast), so it is measured from the sink's record just before
+    # each kill.
     window = COMMIT_INTERVAL + COMMIT_SLACK
     bound = 0
     with OffsetMonitor(kafka_bootstrap, group_id, topic, 3) as monitor:
