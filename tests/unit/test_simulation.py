@@ -125,6 +125,22 @@ class DeliveryMachine(RuleBasedStateMachine):
             self.poll(0)
         self.assign(tps)
 
+    @rule(tp=st.sampled_from(PARTITIONS))
+    def paused_partition_handed_away_and_back(self, tp: TP) -> None:
+        """Fill the pipeline until the partitions pause, move one away, drain the rest, and
+        hand it back: librdkafka still has it paused."""
+        for other in PARTITIONS:
+            self.produce(other, "ok", self.limits.max_records)
+        for _ in range(10):
+            if self.sidecar.partitions.backpressure:
+                break
+            self.sidecar.processor.step()
+        self.revoke([tp])
+        while self.sidecar.pool.runnable():
+            self.complete_a_batch(0)
+        self.poll(0)
+        self.assign([tp])
+
     @rule(tps=SUBSETS)
     def assign(self, tps: list[TP]) -> None:
         self.sidecar.consumer.schedule("assign", tps)
