@@ -791,9 +791,17 @@ def test_three_sigkills_at_the_live_rate_duplicate_at_most_five_percent(
     producer.start()
     for attempt in range(3):
         sidecar = SidecarProcess(env, tmp_path / f"sidecar-{attempt}.log")
-        # Caught up: within a tenth of a second of the producer.
+        # Caught up (within a tenth of a second of the producer), then a quarter of a second
+        # more of live traffic, unless the producer is done.
         wait_for(
             lambda: len(set(read_ids(received))) >= sent[0] - 400 and sent[0] > 0,
+            lambda: f"{len(set(read_ids(received)))} of {sent[0]} received",
+            timeout=90,
+            interval=0.05,
+        )
+        goal = min(sent[0] + 1000, 20_000)
+        wait_for(
+            lambda goal=goal: len(set(read_ids(received))) >= goal,  # type: ignore[misc]
             lambda: f"{len(set(read_ids(received)))} of {sent[0]} received",
             timeout=90,
             interval=0.05,
