@@ -170,6 +170,25 @@ def delivered_and_committed(
     return report
 
 
+def recover_everything(
+    env: dict[str, str],
+    tmp_path: Path,
+    produced: list[str],
+    received: Path,
+    bootstrap: str,
+    group: str,
+    topic: str,
+) -> list[str]:
+    """After the kills, one more sidecar: wait until every produced record is delivered and
+    committed, stop it cleanly, and return every delivery the sink recorded."""
+    final = SidecarProcess(env, tmp_path / "sidecar-final.log")
+    delivered_and_committed(
+        set(produced), lambda: read_ids(received), final, bootstrap, group, topic, 3, timeout=180
+    )
+    assert final.terminate() == 0
+    return read_ids(received)
+
+
 # -- 1. ALREADY_EXISTS ------------------------------------------------------------------------
 
 
@@ -743,13 +762,7 @@ def test_three_sigkills_in_start_up_bursts_lose_nothing(
         sidecar.wait(30)
     producer.join(120)
     assert len(produced) == 20_000
-    final = SidecarProcess(env, tmp_path / "sidecar-final.log")
-    wanted = set(produced)
-    delivered_and_committed(
-        wanted, lambda: read_ids(received), final, kafka_bootstrap, group_id, topic, 3, timeout=180
-    )
-    assert final.terminate() == 0
-    got = read_ids(received)
+    got = recover_everything(env, tmp_path, produced, received, kafka_bootstrap, group_id, topic)
     duplicates = len(got) - len(set(got))
     assert duplicates <= len(produced) * 0.5, (
         f"{duplicates} duplicates ({duplicates / len(produced):.0%}); "
@@ -811,19 +824,7 @@ def test_three_sigkills_at_the_live_rate_lose_nothing_and_repeat_little(
         sidecar.wait(30)
     producer.join(120)
     assert len(produced) == 20_000
-    final = SidecarProcess(env, tmp_path / "sidecar-final.log")
-    delivered_and_committed(
-        set(produced),
-        lambda: read_ids(received),
-        final,
-        kafka_bootstrap,
-        group_id,
-        topic,
-        3,
-        timeout=180,
-    )
-    assert final.terminate() == 0
-    got = read_ids(received)
+    got = recover_everything(env, tmp_path, produced, received, kafka_bootstrap, group_id, topic)
     duplicates = len(got) - len(set(got))
     assert duplicates <= len(produced) * 0.25, (
         f"{duplicates} duplicates ({duplicates / len(produced):.0%}); "
