@@ -112,7 +112,9 @@ class Sidecar:
         dlq = self._dead_letters(client_id, outcomes)
         consumer = self._consumer(client_id)
         partitions = PartitionStates(consumer)
-        inflight = InFlight(s.pool.max_inflight_records, s.pool.max_inflight_bytes)
+        inflight = InFlight(
+            s.pool.max_inflight_records, s.pool.max_inflight_bytes, s.kafka.max_uncommitted
+        )
         router = OutcomeRouter(
             partitions=partitions,
             inflight=inflight,
@@ -136,6 +138,7 @@ class Sidecar:
                 interval=s.kafka.commit_interval,
                 every=s.kafka.commit_every,
                 on_moved=self.health.watermark_moved,
+                inflight=inflight,
             ),
             health=self.health,
             metrics=self.metrics,

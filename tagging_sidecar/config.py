@@ -125,10 +125,17 @@ class KafkaSettings(_Section):
         description="seconds between asynchronous commits of the watermark",
     )
     commit_every: int = Field(
-        default=500,
+        default=100,
         ge=1,
         description="records settled since the last commit that trigger one before the "
         "interval is up",
+    )
+    max_uncommitted: int = Field(
+        default=0,
+        ge=0,
+        description="records read and not yet covered by a commit that landed (in flight, or "
+        "delivered and awaiting the commit) before the consumer stops reading: about the most a "
+        "crash can deliver again; `0`: no bound beyond `TAGGING_POOL__MAX_INFLIGHT_RECORDS`",
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`"

@@ -7,6 +7,8 @@
   next owner of the partition skips them after a crash (see :mod:`tagging_sidecar.kafka.offsetmap`).
 * Results are applied to the watermarks only for partitions still assigned; a lost partition is
   never committed because its watermark is gone before the next commit is built.
+* A landed commit confirms the delivered records it covers (:class:`InFlight` counts what
+  awaits a commit, the records a crash would deliver again).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Literal, Protocol, overload
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.offsetmap import encode_done
 from tagging_sidecar.kafka.partitions import TP, PartitionStates
 from tagging_sidecar.observe.metrics import Metrics
@@ -51,6 +54,7 @@ class Committer:
         every: int,
         clock: Callable[[], float] = time.monotonic,
         on_moved: Callable[[], None] | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         self._consumer = consumer
         self._partitions = partitions
@@ -62,6 +66,9 @@ class Committer:
         self._due = clock() + interval
         self._settled = 0
         self._in_flight_since: float | None = None
+        self._inflight = inflight or InFlight(1, 1)
+        #: delivered records each partition of the commit in flight covers
+        self._covers: dict[TP, int] = {}
 
     def has_uncommitted(self) -> bool:
         """Whether any assigned partition's position moved past its last commit."""
@@ -87,6 +94,7 @@ class Committer:
         self._due = now + self._interval
         self._settled = 0
         offsets = self._offsets(None)
+        self._covers = self._cover(offsets, None)
         if not offsets:
             return
         self._in_flight_since = now
@@ -100,6 +108,7 @@ class Committer:
     def commit_now(self, only: set[TP] | None = None) -> None:
         """Commit synchronously (revoke, shutdown) the partitions in ``only`` (all if None)."""
         offsets = self._offsets(only)
+        covers = self._cover(offsets, only)
         if not offsets:
             return
         started = self._clock()
@@ -110,7 +119,7 @@ class Committer:
             self._resend(offsets)
             return
         self._metrics.commit_duration.observe(self._clock() - started)
-        self._apply(result or [])
+        self._apply(result or [], covers)
 
     def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """librdkafka's ``on_commit`` callback (runs inside ``consume()``)."""
@@ -122,7 +131,7 @@ class Committer:
             _log.warning("commit failed", error=error.str())
             self._resend(partitions)
             return
-        self._apply(partitions)
+        self._apply(partitions, self._covers)
 
     def _offsets(self, only: set[TP] | None) -> list[TopicPartition]:
         offsets = []
@@ -137,6 +146,21 @@ class Committer:
             watermark.sent_version = watermark.done_version
         return offsets
 
+    def _cover(self, offsets: list[TopicPartition], only: set[TP] | None) -> dict[TP, int]:
+        """What each partition of this commit covers; a partition with nothing to commit has
+        nothing at risk, so its delivered records are confirmed at once."""
+        inflight = self._inflight
+        sent = {(tp.topic, tp.partition) for tp in offsets}
+        covers = {}
+        for tp, _ in self._partitions.items():
+            if only is not None and tp not in only:
+                continue
+            if tp in sent:
+                covers[tp] = inflight.awaiting_in(tp)
+            else:
+                inflight.confirm(tp, inflight.awaiting_in(tp))
+        return covers
+
     def _resend(self, partitions: list[TopicPartition]) -> None:
         """A commit failed: its metadata must be sent again with the next one."""
         for tp in partitions:
@@ -144,7 +168,7 @@ class Committer:
             if watermark is not None:
                 watermark.sent_version = -1
 
-    def _apply(self, partitions: list[TopicPartition]) -> None:
+    def _apply(self, partitions: list[TopicPartition], covers: dict[TP, int]) -> None:
         for tp in partitions:
             if tp.error is not None:
                 self._resend([tp])
@@ -156,9 +180,11 @@ class Committer:
                     error=tp.error.str(),
                 )
                 continue
-            watermark = self._partitions.watermark((tp.topic, tp.partition))
+            key = (tp.topic, tp.partition)
+            watermark = self._partitions.watermark(key)
             if watermark is not None and tp.offset >= 0:
                 watermark.mark_committed(tp.offset)
+                self._inflight.confirm(key, covers.get(key, 0))
                 self._metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(tp.offset)
                 if self._on_moved is not None:
                     self._on_moved()

@@ -140,6 +140,7 @@ class OutcomeRouter:
             live = self._partitions.is_current(tp, head.watermark)
             settled = 0
             size = 0
+            delivered = 0
             for record in chunk:
                 error = failed.get(id(record)) if failed else None
                 if error is None:
@@ -148,12 +149,15 @@ class OutcomeRouter:
                     size += len(record.payload)
                     if live:
                         record.watermark.done(record.offset)
+                        delivered += 1
                 elif not live:
                     settled += 1
                     size += len(record.payload)
                 else:
                     self._undelivered(record, error)
             self._inflight.release(tp, settled, size)
+            if delivered:
+                self._inflight.delivered(tp, delivered)
         self._tally.forwarded += forwarded
         self._metrics.records_forwarded.inc(forwarded)
         # Freshness: the oldest and newest record of each chunk (chunks are in offset order).
@@ -225,3 +229,4 @@ class OutcomeRouter:
         self._metrics.records_dead_lettered.labels(reason="undeliverable").inc()
         if self._partitions.is_current(tp, record.watermark):
             record.watermark.done(record.offset)
+            self._inflight.delivered(tp, 1)

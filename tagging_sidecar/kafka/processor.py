@@ -148,7 +148,8 @@ class StreamProcessor:
             self._full_since = None
             self.partitions.resume_all()
             # Take what is ready without waiting; block (for one record) only when nothing is.
-            messages = self._held + self.consumer.consume(self._timing.consume_batch, 0)
+            wanted = self.inflight.room(self._timing.consume_batch)
+            messages = self._held + self.consumer.consume(wanted, 0)
             self._held = []
             if not messages:
                 # Results arrive on another queue than Kafka's: with records in flight, block
@@ -264,6 +265,7 @@ class StreamProcessor:
 
     def _forget(self, tps: set[TP]) -> None:
         self.partitions.forget(tps)
+        self.inflight.forget(tps)
         self._metrics.forget_partitions(tps)
         self.health.in_group = bool(self.partitions.assigned())
 
@@ -350,6 +352,7 @@ class GaugeSampler:
         m.pool_backlog.set(stats.backlog)
         m.inflight_records.set(processor.inflight.records)
         m.inflight_bytes.set(processor.inflight.bytes)
+        m.awaiting_commit.set(processor.inflight.awaiting)
         m.partitions_paused.set(processor.partitions.paused_count())
         ups, downs = self._seen_scale
         m.pool_scale_events.labels(direction="up").inc(stats.scale_ups - ups)

@@ -143,6 +143,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.awaiting_commit = Gauge(
+            "records_awaiting_commit",
+            "Records delivered or dead-lettered whose commit has not landed yet: what a crash "
+            "now would deliver again (with the records in flight).",
+            namespace=ns,
+            registry=r,
+        )
         self.inflight_bytes = Gauge(
             "inflight_bytes", "Bytes of the in-flight records.", namespace=ns, registry=r
         )

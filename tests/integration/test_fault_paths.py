@@ -802,6 +802,7 @@ def test_three_sigkills_in_start_up_bursts_lose_nothing(
     assert len(produced) == 20_000
     got = recover_everything(env, tmp_path, produced, received, kafka_bootstrap, group_id, topic)
     duplicates = len(got) - len(set(got))
+    print(f"{duplicates} duplicates ({duplicates / len(produced):.1%})")
     assert duplicates <= len(produced) * 0.5, (
         f"{duplicates} duplicates ({duplicates / len(produced):.0%}); "
         f"most repeated: {Counter(got).most_common(1)}"
@@ -867,6 +868,7 @@ def test_three_sigkills_at_the_live_rate_lose_nothing_and_repeat_little(
             env, tmp_path, produced, received, kafka_bootstrap, group_id, topic
         )
     duplicates = len(got) - len(set(got))
+    print(f"{duplicates} duplicates ({duplicates / len(produced):.1%})")
     assert duplicates <= len(produced) * 0.25, (
         f"{duplicates} duplicates ({duplicates / len(produced):.0%}); "
         f"most repeated: {Counter(got).most_common(1)}"

@@ -46,6 +46,7 @@ def test_metrics_match_what_happened(
                 and m.get("tagging_sidecar_committed_offset") == count
                 and m.get("tagging_sidecar_consumer_lag_records", -1) == 0
                 and m.get("tagging_sidecar_inflight_records") == 0
+                and m.get("tagging_sidecar_records_awaiting_commit") == 0
             )
 
         eventually(settled, timeout=60)

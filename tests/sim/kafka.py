@@ -104,6 +104,8 @@ class FakeConsumer:
         self._commit_reports: list[tuple[KafkaError | None, list[TopicPartition]]] = []
         self._callbacks: dict[str, Rebalance] = {}
         self.on_commit: Callable[[KafkaError | None, list[Any]], None] | None = None
+        #: called with the timeout when ``consume()`` would block (the simulation's clock)
+        self.on_wait: Callable[[float], None] | None = None
 
     # -- the test's controls --------------------------------------------------------------
 
@@ -126,6 +128,9 @@ class FakeConsumer:
         self._serve_events()
         self._serve_commit_reports()
         out: list[FakeMessage] = []
+        if timeout > 0 and self.on_wait is not None and not self._has_records():
+            # Nothing to return at once: the call blocks, and time passes meanwhile.
+            self.on_wait(timeout)
         for tp in sorted(self.assignment - self.paused):
             log = self.broker.logs[tp]
             position = self.positions[tp]
@@ -135,6 +140,11 @@ class FakeConsumer:
             if len(out) >= num_messages:
                 break
         return out
+
+    def _has_records(self) -> bool:
+        return any(
+            self.positions[tp] < len(self.broker.logs[tp]) for tp in self.assignment - self.paused
+        )
 
     def _serve_events(self) -> None:
         while self._events:

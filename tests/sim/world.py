@@ -40,6 +40,10 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass."""
+        self.now += seconds
+
 
 class ManualPool:
     """The pool's protocol with batches run on demand by the real forwarding dispatcher.
@@ -160,6 +164,8 @@ class Limits:
     consume_batch: int = 3
     #: larger than ``max_records``, so that the in-flight limit is what binds
     pool_capacity: int = 40
+    #: records held or delivered without a landed commit before reading stops
+    max_uncommitted: int = 8
 
 
 class Sidecar:
@@ -171,6 +177,7 @@ class Sidecar:
         self.clock = clock
         self.limits = limits
         self.consumer = FakeConsumer(broker)
+        self.consumer.on_wait = self.clock.advance
         self.outcomes = SimOutcomes(self.wait)
         self.metrics = Metrics()
         self.tally = Tally()
@@ -184,7 +191,7 @@ class Sidecar:
         )
         self.dlq = FakeDeadLetters(self.outcomes.dead_letter_done)
         self.partitions = PartitionStates(self.consumer)
-        self.inflight = InFlight(limits.max_records, limits.max_bytes)
+        self.inflight = InFlight(limits.max_records, limits.max_bytes, limits.max_uncommitted)
         router = OutcomeRouter(
             partitions=self.partitions,
             inflight=self.inflight,
@@ -200,6 +207,7 @@ class Sidecar:
             interval=1.0,
             every=7,
             clock=clock,
+            inflight=self.inflight,
         )
         self.consumer.on_commit = committer.on_commit
         self.health = HealthState(stall_timeout=60, tick_timeout=60, clock=clock)

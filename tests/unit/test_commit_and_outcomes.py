@@ -276,3 +276,102 @@ def test_a_full_dead_letter_queue_is_waited_on() -> None:
     assert producer.sent[0][0] is None
     assert producer.polls >= 3
     assert done == [(record, None)]
+
+
+# -- what a crash would deliver again: records awaiting their commit ---------------------------
+
+
+def _bounded_world(
+    max_uncommitted: int,
+) -> tuple[FakeConsumer, PartitionStates, OutcomeRouter, InFlight, Committer]:
+    consumer, states, clock = _world()
+    inflight = InFlight(100, 1 << 20, max_uncommitted)
+    router = OutcomeRouter(
+        partitions=states,
+        inflight=inflight,
+        dead_letters=None,
+        metrics=Metrics(),
+        tally=Tally(),
+        cancel=threading.Event(),
+    )
+    committer = Committer(
+        consumer=consumer,
+        partitions=states,
+        metrics=Metrics(),
+        interval=1.0,
+        every=1,
+        clock=clock,
+        inflight=inflight,
+    )
+    consumer.on_commit = committer.on_commit
+    return consumer, states, router, inflight, committer
+
+
+def test_delivered_records_await_their_commit_until_it_lands() -> None:
+    consumer, states, router, inflight, committer = _bounded_world(5)
+    records = _records(states, inflight, [0, 1, 2])
+    assert inflight.room() == 2  # three held
+    router.apply(BatchDone([records], []))
+    assert (inflight.records, inflight.awaiting) == (0, 3)
+    assert inflight.room() == 2  # delivered, but a crash now would deliver them again
+    committer.settled(3)
+    committer.maybe_commit()
+    assert inflight.awaiting == 3  # sent, not landed
+    more = _records(states, inflight, [3])
+    router.apply(BatchDone([more], []))
+    consumer.consume(1, 0)  # the commit of offsets 0-2 lands
+    assert consumer.broker.committed[T0][0] == 3
+    assert inflight.awaiting == 1  # offset 3 came after that commit was built
+    assert inflight.room(10) == 4
+
+
+def test_a_failed_commit_confirms_nothing() -> None:
+    consumer, states, router, inflight, committer = _bounded_world(5)
+    records = _records(states, inflight, [0, 1])
+    router.apply(BatchDone([records], []))
+    consumer.fail_commits = True
+    committer.commit_now()
+    assert inflight.awaiting == 2
+    consumer.fail_commits = False
+    committer.commit_now()
+    assert inflight.awaiting == 0
+
+
+def test_a_full_window_stops_reading_until_the_commit_lands() -> None:
+    consumer, states, router, inflight, committer = _bounded_world(2)
+    records = _records(states, inflight, [0, 1])
+    router.apply(BatchDone([records], []))
+    assert inflight.full()
+    committer.settled(2)
+    committer.maybe_commit()
+    assert inflight.full()
+    consumer.consume(1, 0)
+    assert not inflight.full()
+
+
+def test_records_not_delivered_never_await_a_commit() -> None:
+    """Rejected without a dead-letter topic (the partition halts), or of a partition that is
+    no longer ours: neither can be delivered twice by a crash."""
+    _consumer, states, router, inflight, _committer = _bounded_world(10)
+    records = _records(states, inflight, [0, 1])
+    router.apply(BatchDone([records], [Rejected([records[0]], PermanentForwardError("no"))]))
+    assert states.halted(T0)
+    assert inflight.awaiting == 1  # offset 1 was delivered; offset 0 was not
+    late = _records(states, inflight, [2])
+    states.forget([T0])
+    inflight.forget({T0})
+    router.apply(BatchDone([late], []))
+    assert (inflight.records, inflight.awaiting) == (0, 0)
+
+
+def test_a_partition_with_nothing_to_commit_has_nothing_at_risk() -> None:
+    _consumer, states, router, inflight, committer = _bounded_world(10)
+    records = _records(states, inflight, [0])
+    router.apply(BatchDone([records], []))
+    committer.commit_now()
+    assert inflight.awaiting == 0
+    # Delivered again by nobody, committed already: a later commit finds nothing to send.
+    inflight.delivered(T0, 1)  # e.g. counted after the commit that already covered it
+    committer.maybe_commit(force=True)
+    assert not committer.in_flight
+    assert inflight.awaiting == 0

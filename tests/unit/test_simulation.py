@@ -52,6 +52,8 @@ class DeliveryMachine(RuleBasedStateMachine):
 
     def _start(self) -> Sidecar:
         sidecar = Sidecar(self.broker, self.server, self.clock, self.limits)
+        #: where this process's deliveries and dead letters begin, per partition
+        self.risk_from = {tp: (len(self.server.stored), 0) for tp in PARTITIONS}
         self.consumers = [*getattr(self, "consumers", []), sidecar.consumer]
         return sidecar
 
@@ -105,9 +107,36 @@ class DeliveryMachine(RuleBasedStateMachine):
 
         self.server.fail_next.extend([grpc.StatusCode.UNAVAILABLE] * failures)
 
+    @rule(failing=st.booleans())
+    def coordinator_outage(self, failing: bool) -> None:
+        """Commits fail (the group coordinator is down or moving) until the next such rule: a
+        revoke or a stop meanwhile cannot commit, so the next owner repeats records."""
+        self.repeats_allowed = self.repeats_allowed or failing
+        self.sidecar.consumer.fail_commits = failing
+
+    @rule(count=st.integers(1, 30))
+    def traffic_while_commits_fail(self, count: int) -> None:
+        """Records keep coming while no commit lands: reading must stop at the bound."""
+        self.coordinator_outage(True)
+        for index in range(count):
+            self.produce(PARTITIONS[index % len(PARTITIONS)], "ok", 1)
+        for _ in range(count):
+            self.sidecar.processor.step()
+            while self.sidecar.pool.runnable():
+                self.complete_a_batch(0)
+
+    def _leaving(self, tps: list[TP], lost: bool = False) -> None:
+        """Partitions leave without a commit (lost, or the commit fails): whoever reads them
+        next repeats what this process delivered of them, crash or not. What a crash would
+        add counts from here on for them."""
+        if lost or self.sidecar.consumer.fail_commits:
+            for tp in tps:
+                self.risk_from[tp] = (len(self.server.stored), len(self.sidecar.dlq.acked))
+
     @rule(tps=SUBSETS)
     def revoke(self, tps: list[TP]) -> None:
         # Rebalance callbacks run inside the next consume(): poll once to have them run.
+        self._leaving(tps)
         self.sidecar.consumer.schedule("revoke", tps)
         self.sidecar.processor.step()
 
@@ -149,6 +178,7 @@ class DeliveryMachine(RuleBasedStateMachine):
     @rule(tps=SUBSETS)
     def lose(self, tps: list[TP]) -> None:
         self.repeats_allowed = True
+        self._leaving(tps, lost=True)
         self.sidecar.consumer.schedule("lost", tps)
         self.sidecar.processor.step()
 
@@ -169,6 +199,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         """Downstream healthy, every partition assigned: everything settles and is committed."""
         self.server.fail_next.clear()
         sidecar = self.sidecar
+        sidecar.consumer.fail_commits = False
         sidecar.consumer.schedule("assign", PARTITIONS)
         for _ in range(500):
             sidecar.processor.step()
@@ -218,6 +249,34 @@ class DeliveryMachine(RuleBasedStateMachine):
     def clean_rebalances_and_stops_repeat_nothing(self) -> None:
         if not self.repeats_allowed:
             assert len(self.server.stored) - len(self.stored) == self.repeats_before
+
+    @invariant()
+    def a_crash_now_would_repeat_at_most_the_bound(self) -> None:
+        """What this process delivered or dead-lettered and no landed commit covers (what its
+        successor would deliver again) stays within ``max_uncommitted``."""
+        where = {record_id: key for key, (record_id, _) in self.kinds.items()}
+        mine = [
+            where[record_id]
+            for index, record_id in enumerate(self.server.stored)
+            if record_id in where and index >= self.risk_from[where[record_id][0]][0]
+        ]
+        mine += [
+            ((r.topic, r.partition), r.offset)
+            for index, r in enumerate(self.sidecar.dlq.acked)
+            if index >= self.risk_from[(r.topic, r.partition)][1]
+        ]
+        covered: dict[TP, tuple[int, frozenset[int]]] = {
+            tp: (position, decode_done(position, metadata))
+            for tp, (position, metadata) in self.broker.committed.items()
+        }
+
+        def at_risk(tp: TP, offset: int) -> bool:
+            position, done = covered.get(tp, (0, frozenset()))
+            return offset >= position and offset not in done
+
+        risky = {key for key in mine if at_risk(*key)}
+        limit = self.limits.max_uncommitted
+        assert len(risky) <= limit, f"{len(risky)} records a crash would repeat"
 
     @invariant()
     def in_flight_stays_within_bounds(self) -> None:

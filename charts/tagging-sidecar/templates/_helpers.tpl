@@ -216,6 +216,8 @@ Environment of the sidecar container: one TAGGING_* variable per setting.
   value: {{ include "tagging-sidecar.num" $k.commitInterval | quote }}
 - name: TAGGING_KAFKA__COMMIT_EVERY
   value: {{ include "tagging-sidecar.num" $k.commitEvery | quote }}
+- name: TAGGING_KAFKA__MAX_UNCOMMITTED
+  value: {{ include "tagging-sidecar.num" $k.maxUncommitted | quote }}
 - name: TAGGING_KAFKA__SECURITY_PROTOCOL
   value: {{ $k.securityProtocol | quote }}
 {{- if $k.properties }}
