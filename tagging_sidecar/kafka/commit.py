@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from tagging_sidecar.kafka.offsetmap import encode_done
 from tagging_sidecar.kafka.partitions import TP, PartitionStates
+from tagging_sidecar.kafka.stages import CommitWaits
 from tagging_sidecar.observe.metrics import Metrics
 
 _log = structlog.get_logger("tagging_sidecar.commit")
@@ -51,6 +52,7 @@ class Committer:
         every: int,
         clock: Callable[[], float] = time.monotonic,
         on_moved: Callable[[], None] | None = None,
+        commit_waits: CommitWaits | None = None,
     ) -> None:
         self._consumer = consumer
         self._partitions = partitions
@@ -59,6 +61,7 @@ class Committer:
         self._every = every
         self._clock = clock
         self._on_moved = on_moved
+        self._commit_waits = commit_waits
         self._due = clock() + interval
         self._settled = 0
         self._in_flight_since: float | None = None
@@ -160,6 +163,8 @@ class Committer:
             if watermark is not None and tp.offset >= 0:
                 watermark.mark_committed(tp.offset)
                 self._metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(tp.offset)
+                if self._commit_waits is not None:
+                    self._commit_waits.committed((tp.topic, tp.partition), watermark, tp.offset)
                 if self._on_moved is not None:
                     self._on_moved()
 

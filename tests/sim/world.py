@@ -22,6 +22,7 @@ from tagging_sidecar.kafka.outcomes import Outcome, OutcomeRouter, Outcomes, Tal
 from tagging_sidecar.kafka.partitions import PartitionStates
 from tagging_sidecar.kafka.processor import StreamProcessor, Timing
 from tagging_sidecar.kafka.records import Chunk, Record
+from tagging_sidecar.kafka.stages import CommitWaits, TimedDispatcher
 from tagging_sidecar.observe.health import HealthState
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import PoolStats, Rejected
@@ -50,7 +51,7 @@ class ManualPool:
 
     def __init__(
         self,
-        dispatcher: ForwardingDispatcher,
+        dispatcher: TimedDispatcher,
         on_done: Callable[[list[Chunk], list[Rejected[Chunk]]], None],
         capacity: int,
     ) -> None:
@@ -160,6 +161,8 @@ class Limits:
     consume_batch: int = 3
     #: larger than ``max_records``, so that the in-flight limit is what binds
     pool_capacity: int = 40
+    #: pause as soon as the pipeline is full, so pauses meet rebalances often
+    pause_after: float = 0.0
 
 
 class Sidecar:
@@ -177,14 +180,17 @@ class Sidecar:
         self.cancel = threading.Event()
         settings = GrpcSettings(retry_initial_backoff=1e-6, retry_max_backoff=1e-6, max_attempts=3)
         client = HavilahClient(settings, server, cancel=self.cancel)
+        # The simulated clock stands in for the wall clock too: the fake broker's Kafka
+        # timestamps are 1000 s + the offset in milliseconds, where the clock starts.
         self.pool = ManualPool(
-            ForwardingDispatcher(client, 1.0),
+            TimedDispatcher(ForwardingDispatcher(client, 1.0), self.metrics, clock, wall=clock),
             self.outcomes.batch_done,
             limits.pool_capacity,
         )
         self.dlq = FakeDeadLetters(self.outcomes.dead_letter_done)
         self.partitions = PartitionStates(self.consumer)
         self.inflight = InFlight(limits.max_records, limits.max_bytes)
+        self.commit_waits = CommitWaits(self.metrics, clock)
         router = OutcomeRouter(
             partitions=self.partitions,
             inflight=self.inflight,
@@ -192,6 +198,7 @@ class Sidecar:
             metrics=self.metrics,
             tally=self.tally,
             cancel=self.cancel,
+            commit_waits=self.commit_waits,
         )
         committer = Committer(
             consumer=self.consumer,
@@ -200,6 +207,7 @@ class Sidecar:
             interval=1.0,
             every=7,
             clock=clock,
+            commit_waits=self.commit_waits,
         )
         self.consumer.on_commit = committer.on_commit
         self.health = HealthState(stall_timeout=60, tick_timeout=60, clock=clock)
@@ -227,9 +235,11 @@ class Sidecar:
             tally=self.tally,
             cancel=self.cancel,
             dead_letters=self.dlq,
-            # Pause as soon as the pipeline is full, so pauses meet rebalances often.
             timing=Timing(
-                consume_batch=limits.consume_batch, idle_poll=0.0, pause_after=0.0, grace=5.0
+                consume_batch=limits.consume_batch,
+                idle_poll=0.0,
+                pause_after=limits.pause_after,
+                grace=5.0,
             ),
             clock=clock,
         )
