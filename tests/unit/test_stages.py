@@ -7,10 +7,12 @@ the offset in milliseconds, where the clock starts), so every observed value is 
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
 import pytest
+from prometheus_client import generate_latest
 
 from tagging_sidecar.errors import PermanentForwardError
 from tagging_sidecar.kafka.commit import Committer
@@ -26,6 +28,7 @@ from tagging_sidecar.pool import EndOfWork, Rejected
 from ..sim.downstream import FakeServer
 from ..sim.kafka import FakeBroker, FakeConsumer
 from ..sim.world import FakeClock, Limits, Sidecar, record_value
+from ..support.harness import stage_quantiles
 
 T0 = ("t", 0)
 
@@ -299,3 +302,28 @@ def test_the_router_and_a_synchronous_commit_time_the_commit_stage() -> None:
     committer.commit_now({T0})  # as on revoke
     assert broker.committed[T0][0] == 3
     assert (stage(metrics, "commit", "count"), stage(metrics, "commit")) == (1, 0.75)
+
+
+# -- reading it back: the harness's per-stage quantiles ----------------------------------
+
+
+def test_stage_quantiles_interpolate_inside_the_bucket_like_histogram_quantile() -> None:
+    metrics = Metrics()
+    batch = metrics.stage_seconds.labels(stage="consumer_batch")
+    for seconds in (0.0002, 0.0002, 0.0002, 0.0007):  # buckets (0.0001, 0.00025], (0.0005, 0.001]
+        batch.observe(seconds)
+    call = metrics.stage_seconds.labels(stage="call")
+    for seconds in (0.3, 400.0):  # (0.25, 0.5] and above the highest bound, 300 s
+        call.observe(seconds)
+    text = generate_latest(metrics.registry).decode()
+
+    median = stage_quantiles(text, 0.5)
+    assert set(median) == set(STAGES)
+    # Rank 2 of 4 falls in the first non-empty bucket, which holds 3: 2/3 of its width.
+    assert median["consumer_batch"] == pytest.approx(0.0001 + (0.00025 - 0.0001) * 2 / 3)
+    assert median["call"] == pytest.approx(0.5)  # rank 1 of 2: the whole (0.25, 0.5] bucket
+    assert math.isnan(median["pool_queue"])  # nothing observed
+    assert stage_quantiles(text, 1.0)["consumer_batch"] == pytest.approx(0.001)
+    assert stage_quantiles(text, 0.99)["call"] == 300.0  # in +Inf: the highest finite bound
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        stage_quantiles(text, 1.5)
