@@ -231,16 +231,26 @@ def stage_quantiles(metrics_text: str, q: float) -> dict[str, float]:
     bucket); a rank in the ``+Inf`` bucket gives the highest finite bound. A stage with no
     observation gives NaN.
     """
+    return _quantiles(metrics_text, STAGE_HISTOGRAM, q, "stage")
+
+
+def histogram_quantile(metrics_text: str, name: str, q: float) -> float:
+    """The ``q``-quantile of histogram ``name`` over all its series, estimated as
+    :func:`stage_quantiles` does (NaN without observations)."""
+    return _quantiles(metrics_text, name, q, None).get("", math.nan)
+
+
+def _quantiles(metrics_text: str, name: str, q: float, by: str | None) -> dict[str, float]:
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"a quantile is between 0 and 1, not {q}")
     buckets: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
-            if sample.name == STAGE_HISTOGRAM + "_bucket":
-                counts = buckets.setdefault(sample.labels["stage"], {})
+            if sample.name == name + "_bucket":
+                counts = buckets.setdefault(sample.labels[by] if by else "", {})
                 bound = float(sample.labels["le"])
                 counts[bound] = counts.get(bound, 0.0) + sample.value
-    return {stage: _bucket_quantile(q, sorted(counts.items())) for stage, counts in buckets.items()}
+    return {key: _bucket_quantile(q, sorted(counts.items())) for key, counts in buckets.items()}
 
 
 def _bucket_quantile(q: float, cumulative: list[tuple[float, float]]) -> float:

@@ -28,7 +28,7 @@ from tagging_sidecar.pool import EndOfWork, Rejected
 from ..sim.downstream import FakeServer
 from ..sim.kafka import FakeBroker, FakeConsumer
 from ..sim.world import FakeClock, Limits, Sidecar, record_value
-from ..support.harness import stage_quantiles
+from ..support.harness import histogram_quantile, stage_quantiles
 
 T0 = ("t", 0)
 
@@ -327,3 +327,13 @@ def test_stage_quantiles_interpolate_inside_the_bucket_like_histogram_quantile()
     assert stage_quantiles(text, 0.99)["call"] == 300.0  # in +Inf: the highest finite bound
     with pytest.raises(ValueError, match="between 0 and 1"):
         stage_quantiles(text, 1.5)
+
+
+def test_histogram_quantile_reads_an_unlabelled_histogram() -> None:
+    metrics = Metrics()
+    age = "tagging_sidecar_record_age_seconds"
+    assert math.isnan(histogram_quantile(generate_latest(metrics.registry).decode(), age, 0.5))
+    metrics.observe_record_ages([1_000, 3_000], now=4.0)  # 3 s in (2.5, 5], 1 s in (0.5, 1]
+    text = generate_latest(metrics.registry).decode()
+    assert histogram_quantile(text, age, 0.5) == pytest.approx(1.0)
+    assert histogram_quantile(text, age, 0.75) == pytest.approx(2.5 + (5 - 2.5) * 0.5)
