@@ -226,7 +226,8 @@ class Metrics:
 
     def observe_record_ages(self, timestamps_ms: Sequence[int], now: float | None = None) -> None:
         """Observe the age of the oldest and the newest of ``timestamps_ms`` (Kafka timestamps in
-        milliseconds of records just acknowledged; ``message.timestamp()[1]``).
+        milliseconds of records the server acknowledged; ``message.timestamp()[1]``) at ``now``,
+        the wall-clock time of the acknowledgement.
 
         Two observations per batch rather than one per record: this runs on the hot path, and
         min/max over a list cost a fraction of a histogram update per record. Timestamps that
