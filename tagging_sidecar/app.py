@@ -31,6 +31,7 @@ from tagging_sidecar.kafka.outcomes import OutcomeRouter, Outcomes, Tally
 from tagging_sidecar.kafka.partitions import PartitionStates
 from tagging_sidecar.kafka.processor import GaugeSampler, StreamProcessor, Timing
 from tagging_sidecar.kafka.records import Chunk
+from tagging_sidecar.kafka.stages import CommitWaits, TimedDispatcher
 from tagging_sidecar.kafka.stats import apply_statistics
 from tagging_sidecar.observe.health import HealthServer, HealthState, tick_timeout
 from tagging_sidecar.observe.metrics import Metrics
@@ -115,6 +116,7 @@ class Sidecar:
         inflight = InFlight(
             s.pool.max_inflight_records, s.pool.max_inflight_bytes, s.kafka.max_uncommitted
         )
+        commit_waits = CommitWaits(self.metrics)
         router = OutcomeRouter(
             partitions=partitions,
             inflight=inflight,
@@ -122,6 +124,7 @@ class Sidecar:
             metrics=self.metrics,
             tally=self.summary,
             cancel=self._cancel,
+            commit_waits=commit_waits,
         )
         processor = StreamProcessor(
             consumer=consumer,
@@ -139,6 +142,7 @@ class Sidecar:
                 every=s.kafka.commit_every,
                 on_moved=self.health.watermark_moved,
                 inflight=inflight,
+                commit_waits=commit_waits,
             ),
             health=self.health,
             metrics=self.metrics,
@@ -197,8 +201,9 @@ class Sidecar:
 
     def _pool(self, client: HavilahClient, outcomes: Outcomes) -> WorkerPool[Chunk]:
         s = self.settings
+        ready = min(5.0, s.grpc.timeout)
         return WorkerPool(
-            lambda: ForwardingDispatcher(client, ready_timeout=min(5.0, s.grpc.timeout)),
+            lambda: TimedDispatcher(ForwardingDispatcher(client, ready), self.metrics),
             outcomes.batch_done,
             ScalingPolicy(
                 s.pool.min_workers, s.pool.max_workers, s.pool.queue_size, s.pool.idle_timeout

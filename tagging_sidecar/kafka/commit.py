@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.offsetmap import encode_done
 from tagging_sidecar.kafka.partitions import TP, PartitionStates
+from tagging_sidecar.kafka.stages import CommitWaits
 from tagging_sidecar.observe.metrics import Metrics
 
 _log = structlog.get_logger("tagging_sidecar.commit")
@@ -55,6 +56,7 @@ class Committer:
         clock: Callable[[], float] = time.monotonic,
         on_moved: Callable[[], None] | None = None,
         inflight: InFlight | None = None,
+        commit_waits: CommitWaits | None = None,
     ) -> None:
         self._consumer = consumer
         self._partitions = partitions
@@ -63,6 +65,7 @@ class Committer:
         self._every = every
         self._clock = clock
         self._on_moved = on_moved
+        self._commit_waits = commit_waits
         self._due = clock() + interval
         self._settled = 0
         self._in_flight_since: float | None = None
@@ -186,6 +189,8 @@ class Committer:
                 watermark.mark_committed(tp.offset)
                 self._inflight.confirm(key, covers.get(key, 0))
                 self._metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(tp.offset)
+                if self._commit_waits is not None:
+                    self._commit_waits.committed((tp.topic, tp.partition), watermark, tp.offset)
                 if self._on_moved is not None:
                     self._on_moved()
 

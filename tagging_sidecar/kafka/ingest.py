@@ -65,8 +65,12 @@ class Ingest:
         self._metrics = metrics
         self._tally = tally
 
-    def __call__(self, messages: Sequence[Message]) -> list[tuple[Hashable, Chunk]]:
-        """Track, decode and chunk ``messages`` (errors among them are not records)."""
+    def __call__(
+        self, messages: Sequence[Message], consumed_at: float = 0.0
+    ) -> list[tuple[Hashable, Chunk]]:
+        """Track, decode and chunk ``messages`` (errors among them are not records);
+        ``consumed_at`` is when ``consume()`` returned them (a reading of the processor's
+        clock)."""
         records: list[Record] = []
         partitions = self._partitions
         consumed = 0
@@ -94,6 +98,7 @@ class Ingest:
         self._router.guard.decoded(ok=len(records))
         chunks = chunk_by_unit(records, self._ordering, self._lanes)
         for _, chunk in chunks:
+            chunk.consumed = consumed_at
             head = chunk[0]
             size = sum(len(r.payload) for r in chunk)
             self._inflight.admit((head.topic, head.partition), len(chunk), size)

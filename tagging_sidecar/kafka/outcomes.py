@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,8 +19,9 @@ import structlog
 from tagging_sidecar.errors import ForwardError, PermanentForwardError
 from tagging_sidecar.kafka.guard import FailureRateGuard
 from tagging_sidecar.kafka.inflight import InFlight
-from tagging_sidecar.kafka.partitions import PartitionStates
+from tagging_sidecar.kafka.partitions import TP, PartitionStates
 from tagging_sidecar.kafka.records import Chunk, Record
+from tagging_sidecar.kafka.stages import CommitWaits
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import Rejected
 
@@ -110,6 +111,7 @@ class OutcomeRouter:
         tally: Tally,
         cancel: threading.Event,
         guard: FailureRateGuard | None = None,
+        commit_waits: CommitWaits | None = None,
     ) -> None:
         self._partitions = partitions
         self._inflight = inflight
@@ -121,6 +123,7 @@ class OutcomeRouter:
         self.resend: list[Record] = []
         self.guard = guard or FailureRateGuard()
         self.fatal: str | None = None
+        self._commit_waits = commit_waits
 
     def apply(self, outcome: Outcome) -> None:
         """Route one result."""
@@ -160,11 +163,19 @@ class OutcomeRouter:
                 self._inflight.delivered(tp, delivered)
         self._tally.forwarded += forwarded
         self._metrics.records_forwarded.inc(forwarded)
-        # Freshness: the oldest and newest record of each chunk (chunks are in offset order).
-        self._metrics.observe_record_ages(
-            [stamp for c in outcome.chunks for stamp in (c[0].timestamp, c[-1].timestamp)]
-        )
+        if forwarded and self._commit_waits is not None:
+            # The commit stage of the call, timed on its first chunk as the others are.
+            first = outcome.chunks[0]
+            head = first[0]
+            tp = (head.topic, head.partition)
+            if self._partitions.is_current(tp, head.watermark):
+                self._commit_waits.acknowledged(tp, head.watermark, first[-1].offset, first.acked)
         self.guard.delivered(ok=forwarded)
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Partitions revoked or lost: stop waiting for their commits."""
+        if self._commit_waits is not None:
+            self._commit_waits.forget(tps)
 
     def _undelivered(self, record: Record, error: BaseException) -> None:
         if self._cancel.is_set():

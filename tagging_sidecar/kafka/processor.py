@@ -118,6 +118,7 @@ class StreamProcessor:
         self._clock = clock
         self._pending: deque[tuple[Hashable, Chunk]] = deque()
         self._held: list[Message] = []
+        self._held_since = 0.0  #: when consume() returned the first message held aside
         self._full_since: float | None = None
         self.fatal: str | None = None
 
@@ -136,13 +137,18 @@ class StreamProcessor:
                 # Full for a while (a slow or failing downstream): pause and keep polling, so
                 # the group keeps us while nothing moves.
                 self.partitions.pause_all()
-                self._ingest_all(self.consumer.consume(self._timing.consume_batch, 0))
+                messages = self.consumer.consume(self._timing.consume_batch, 0)
+                self._ingest_all(messages, self._clock())
             else:
                 # Full for a moment (normal under load): pausing would throw librdkafka's
                 # prefetch away, but commit results and rebalances are only served inside
                 # consume(). Poll for one message per pass and keep it aside until there is
                 # room (at most one per pass for at most ``pause_after`` seconds).
-                self._held += self.consumer.consume(1, 0)
+                held = self.consumer.consume(1, 0)
+                if held:
+                    if not self._held:
+                        self._held_since = self._clock()
+                    self._held += held
             self._apply(self._outcomes.take(self._timing.full_wait))
         else:
             self._full_since = None
@@ -150,13 +156,15 @@ class StreamProcessor:
             # Take what is ready without waiting; block (for one record) only when nothing is.
             wanted = self.inflight.room(self._timing.consume_batch)
             messages = self._held + self.consumer.consume(wanted, 0)
-            self._held = []
             if not messages:
                 # Results arrive on another queue than Kafka's: with records in flight, block
                 # only briefly, so that they are applied and committed without delay.
                 wait = self._timing.busy_poll if self.inflight.records else self._timing.idle_poll
                 messages = self.consumer.consume(1, wait)
-            self._ingest_all(messages)
+            # A chunk is timed from its oldest record: one held aside counts from its consume().
+            consumed = self._held_since if self._held else self._clock()
+            self._held = []
+            self._ingest_all(messages, consumed)
         if self._dead_letters is not None:
             self._dead_letters.poll(0)
         self.committer.maybe_commit()
@@ -165,7 +173,7 @@ class StreamProcessor:
         if self.fatal is not None:
             raise FatalError(self.fatal)
 
-    def _ingest_all(self, messages: Sequence[Message]) -> None:
+    def _ingest_all(self, messages: Sequence[Message], consumed: float) -> None:
         if not messages:
             return
         good = []
@@ -175,14 +183,19 @@ class StreamProcessor:
                 good.append(message)
             else:
                 self.on_error(error)  # type: ignore[arg-type]
-        self._pending.extend(self._ingest(good))
+        self._pending.extend(self._ingest(good, consumed))
         self._flush()
 
     def _flush(self) -> None:
         pending = self._pending
+        if not pending:
+            return
+        now = self._clock()
+        offer = self._pool.offer
         while pending:
             key, chunk = pending[0]
-            if not self._pool.offer(chunk, key, len(chunk)):
+            chunk.offered = now  # before the offer: a worker may take the chunk at once
+            if not offer(chunk, key, len(chunk)):
                 return
             pending.popleft()
 
@@ -194,10 +207,12 @@ class StreamProcessor:
         for outcome in outcomes:
             router.apply(outcome)
         self.committer.settled(self.tally.forwarded + self.tally.dead_lettered - before)
-        for record in router.resend:
-            # A local failure, not the server's verdict: the record goes out again.
-            self._pending.append(((record.topic, record.partition), [record]))
-        router.resend.clear()
+        if router.resend:
+            now = self._clock()
+            for record in router.resend:
+                # A local failure, not the server's verdict: the record goes out again.
+                self._pending.append(((record.topic, record.partition), Chunk((record,), now)))
+            router.resend.clear()
 
     # -- rebalances (inside consume(), on this thread) ------------------------------------
 
@@ -266,6 +281,7 @@ class StreamProcessor:
     def _forget(self, tps: set[TP]) -> None:
         self.partitions.forget(tps)
         self.inflight.forget(tps)
+        self._router.forget(tps)
         self._metrics.forget_partitions(tps)
         self.health.in_group = bool(self.partitions.assigned())
 

@@ -41,7 +41,28 @@ class Record:
         return f"{self.topic}/{self.partition}@{self.offset}"
 
 
-Chunk = list[Record]
+class Chunk(list[Record]):
+    """Records of one ordering unit in offset order: one item of the pool.
+
+    It carries the times of its way through the sidecar, so that they are stamped once per
+    chunk rather than once per record (see :mod:`tagging_sidecar.kafka.stages`). Times are
+    readings of the processor's monotonic clock.
+    """
+
+    __slots__ = ("acked", "consumed", "offered", "taken")
+
+    #: when ``consume()`` returned its oldest record
+    consumed: float
+    #: when it was (last) offered to the pool
+    offered: float
+    #: when a worker took it into a call (stamped on the first chunk of a call)
+    taken: float
+    #: when the server acknowledged that call (stamped on the first chunk of a call)
+    acked: float
+
+    def __init__(self, records: Iterable[Record] = (), consumed: float = 0.0) -> None:
+        super().__init__(records)
+        self.consumed = self.offered = self.taken = self.acked = consumed
 
 
 def ordering_unit(record: Record, ordering: Ordering, lanes: int = 1) -> Hashable:
@@ -75,9 +96,8 @@ def chunk_by_unit(
         group = unit if unit is not None else (record.topic, record.partition)
         chunk = chunks.get(group)
         if chunk is None:
-            chunks[group] = [record]
-        else:
-            chunk.append(record)
+            chunks[group] = chunk = Chunk()
+        chunk.append(record)
     if ordering is Ordering.UNORDERED:
         return [(None, chunk) for chunk in chunks.values()]
     return list(chunks.items())

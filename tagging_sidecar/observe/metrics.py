@@ -15,8 +15,14 @@ NAMESPACE = "tagging_sidecar"
 #: reasons a record is counted in ``records_failed_total``
 FAILURE_REASONS = ("decode", "tombstone", "rejected", "retries_exhausted")
 
+#: the ``stage`` label values of ``stage_seconds``, in the order a record goes through them
+STAGES = ("consumer_batch", "pool_queue", "call", "commit")
+
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A hand-off inside the process takes microseconds; a call with retries, or a commit waiting
+# for an earlier record, can take minutes.
+_STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, *_LATENCY_BUCKETS, 60, 300)
 # Records a few ms old on live traffic, hours old when a backlog is drained.
 _AGE_BUCKETS = (
     0.005,
@@ -49,6 +55,7 @@ class Metrics:
         self._record_metrics(r, ns)
         self._pool_metrics(r, ns)
         self._kafka_metrics(r, ns)
+        self._stage_metrics(r, ns)
         # Memory, CPU seconds and open file descriptors of this process.
         ProcessCollector(namespace=ns, registry=r)
         #: every gauge with ``topic`` and ``partition`` labels, cleared by forget_partitions
@@ -61,6 +68,8 @@ class Metrics:
             self.records_skipped.labels(reason=reason)
         for direction in ("up", "down"):
             self.pool_scale_events.labels(direction=direction)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
 
     def _record_metrics(self, r: CollectorRegistry, ns: str) -> None:
         """Records in and out, and the calls to the downstream."""
@@ -183,7 +192,9 @@ class Metrics:
         self.record_age = Histogram(
             "record_age_seconds",
             "Time from the Kafka timestamp of a record to its acknowledgement by the gRPC "
-            "service: the oldest and the newest record of each acknowledged batch.",
+            "service, taken when the acknowledgement arrives: two observations per batch a "
+            "worker sent, its oldest and its newest acknowledged record (of the first and "
+            "last record of each chunk).",
             namespace=ns,
             registry=r,
             buckets=_AGE_BUCKETS,
@@ -198,6 +209,21 @@ class Metrics:
             registry=r,
         )
 
+    def _stage_metrics(self, r: CollectorRegistry, ns: str) -> None:
+        """Where a record's time goes, stage by stage (see :mod:`tagging_sidecar.kafka.stages`)."""
+        self.stage_seconds = Histogram(
+            "stage_seconds",
+            "Seconds spent in each stage, one observation per batch a worker sent and stage, "
+            "timed on the batch's first chunk (its oldest record): consumer_batch from "
+            "consume() returning it to its hand-off to the pool; pool_queue until a worker "
+            "took it into a call; call until the server acknowledged it, retries included; "
+            "commit until the commit that covers it landed.",
+            ["stage"],
+            namespace=ns,
+            registry=r,
+            buckets=_STAGE_BUCKETS,
+        )
+
     def forget_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
         """Drop the per-partition series of partitions this consumer no longer owns (revoked or
         lost), so that they do not go on reporting a stale offset and lag."""
@@ -207,7 +233,8 @@ class Metrics:
 
     def observe_record_ages(self, timestamps_ms: Sequence[int], now: float | None = None) -> None:
         """Observe the age of the oldest and the newest of ``timestamps_ms`` (Kafka timestamps in
-        milliseconds of records just acknowledged; ``message.timestamp()[1]``).
+        milliseconds of records the server acknowledged; ``message.timestamp()[1]``) at ``now``,
+        the wall-clock time of the acknowledgement.
 
         Two observations per batch rather than one per record: this runs on the hot path, and
         min/max over a list cost a fraction of a histogram update per record. Timestamps that

@@ -57,12 +57,16 @@ METRICS = (
     "tagging_sidecar_consumer_lag_records",
     "tagging_sidecar_partitions_paused",
     "tagging_sidecar_watermark_stalled_seconds",
+    "tagging_sidecar_record_age_seconds",
+    "tagging_sidecar_stage_seconds",
 )
 HISTOGRAMS = frozenset(
     {
         "tagging_sidecar_batch_size_records",
         "tagging_sidecar_rpc_duration_seconds",
         "tagging_sidecar_commit_duration_seconds",
+        "tagging_sidecar_record_age_seconds",
+        "tagging_sidecar_stage_seconds",
     }
 )
 

@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from tagging_sidecar.observe.metrics import STAGES
 from tagging_sidecar.produce import produce
 from tagging_sidecar.sink import SinkServer
 
-from ..support.harness import eventually, http_get, read_ids, scrape
+from ..support.harness import (
+    eventually,
+    histogram_quantile,
+    http_get,
+    metric_value,
+    read_ids,
+    scrape,
+    stage_quantiles,
+)
 from ..support.inprocess import RunningSidecar, make_settings
 
 pytestmark = pytest.mark.integration
@@ -60,6 +69,42 @@ def test_metrics_match_what_happened(
     assert after["tagging_sidecar_commit_duration_seconds_count"] >= 1
     assert after["tagging_sidecar_partitions_paused"] == 0
     assert after["tagging_sidecar_watermark_stalled_seconds"] == 0
+
+
+def test_every_stage_is_timed_and_agrees_with_the_record_age(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    sink: SinkServer,
+) -> None:
+    topic = topic_factory(2)
+    count = 3000
+    produce({"bootstrap.servers": kafka_bootstrap}, topic, count)
+    settings = make_settings(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}")
+    with RunningSidecar(settings) as running:
+        eventually(lambda: running.sidecar.http_port is not None, timeout=30)
+        url = f"http://127.0.0.1:{running.sidecar.http_port}/metrics"
+
+        def committed() -> bool:
+            m = scrape(running.sidecar.http_port or 0)
+            return m.get("tagging_sidecar_committed_offset") == count
+
+        eventually(committed, timeout=60)
+        status, text = http_get(url)
+        running.stop()
+    assert status == 200
+    for stage in STAGES:
+        observed = metric_value(text, "tagging_sidecar_stage_seconds_count", {"stage": stage})
+        assert observed is not None and observed > 0, stage
+    medians = stage_quantiles(text, 0.5)
+    # A record's age at its acknowledgement holds its time in Kafka before consume() and the
+    # three stages up to the acknowledgement (commit comes after), each call's oldest record
+    # at least as much as its first chunk spent in them: their medians add up to no more
+    # than the high end of the ages.
+    before_ack = medians["consumer_batch"] + medians["pool_queue"] + medians["call"]
+    oldest_ages = histogram_quantile(text, "tagging_sidecar_record_age_seconds", 0.99)
+    assert 0 < before_ack <= oldest_ages
+    assert medians["commit"] > 0
 
 
 def partition_series(sidecar: RunningSidecar, name: str) -> set[str]:

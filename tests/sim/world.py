@@ -22,6 +22,7 @@ from tagging_sidecar.kafka.outcomes import Outcome, OutcomeRouter, Outcomes, Tal
 from tagging_sidecar.kafka.partitions import PartitionStates
 from tagging_sidecar.kafka.processor import StreamProcessor, Timing
 from tagging_sidecar.kafka.records import Chunk, Record
+from tagging_sidecar.kafka.stages import CommitWaits, TimedDispatcher
 from tagging_sidecar.observe.health import HealthState
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import PoolStats, Rejected
@@ -54,7 +55,7 @@ class ManualPool:
 
     def __init__(
         self,
-        dispatcher: ForwardingDispatcher,
+        dispatcher: TimedDispatcher,
         on_done: Callable[[list[Chunk], list[Rejected[Chunk]]], None],
         capacity: int,
     ) -> None:
@@ -166,6 +167,8 @@ class Limits:
     pool_capacity: int = 40
     #: records held or delivered without a landed commit before reading stops
     max_uncommitted: int = 8
+    #: pause as soon as the pipeline is full, so pauses meet rebalances often
+    pause_after: float = 0.0
 
 
 class Sidecar:
@@ -184,14 +187,17 @@ class Sidecar:
         self.cancel = threading.Event()
         settings = GrpcSettings(retry_initial_backoff=1e-6, retry_max_backoff=1e-6, max_attempts=3)
         client = HavilahClient(settings, server, cancel=self.cancel)
+        # The simulated clock stands in for the wall clock too: the fake broker's Kafka
+        # timestamps are 1000 s + the offset in milliseconds, where the clock starts.
         self.pool = ManualPool(
-            ForwardingDispatcher(client, 1.0),
+            TimedDispatcher(ForwardingDispatcher(client, 1.0), self.metrics, clock, wall=clock),
             self.outcomes.batch_done,
             limits.pool_capacity,
         )
         self.dlq = FakeDeadLetters(self.outcomes.dead_letter_done)
         self.partitions = PartitionStates(self.consumer)
         self.inflight = InFlight(limits.max_records, limits.max_bytes, limits.max_uncommitted)
+        self.commit_waits = CommitWaits(self.metrics, clock)
         router = OutcomeRouter(
             partitions=self.partitions,
             inflight=self.inflight,
@@ -199,6 +205,7 @@ class Sidecar:
             metrics=self.metrics,
             tally=self.tally,
             cancel=self.cancel,
+            commit_waits=self.commit_waits,
         )
         committer = Committer(
             consumer=self.consumer,
@@ -208,6 +215,7 @@ class Sidecar:
             every=7,
             clock=clock,
             inflight=self.inflight,
+            commit_waits=self.commit_waits,
         )
         self.consumer.on_commit = committer.on_commit
         self.health = HealthState(stall_timeout=60, tick_timeout=60, clock=clock)
@@ -235,9 +243,11 @@ class Sidecar:
             tally=self.tally,
             cancel=self.cancel,
             dead_letters=self.dlq,
-            # Pause as soon as the pipeline is full, so pauses meet rebalances often.
             timing=Timing(
-                consume_batch=limits.consume_batch, idle_poll=0.0, pause_after=0.0, grace=5.0
+                consume_batch=limits.consume_batch,
+                idle_poll=0.0,
+                pause_after=limits.pause_after,
+                grace=5.0,
             ),
             clock=clock,
         )

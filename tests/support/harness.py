@@ -8,6 +8,7 @@ process, create topics, read a group's offsets, scrape ``/metrics``, and start a
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -217,6 +218,54 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
             if sample.name == name and wanted.items() <= sample.labels.items():
                 found = (found or 0.0) + sample.value
     return found
+
+
+STAGE_HISTOGRAM = "tagging_sidecar_stage_seconds"
+
+
+def stage_quantiles(metrics_text: str, q: float) -> dict[str, float]:
+    """The ``q``-quantile of each stage of ``tagging_sidecar_stage_seconds``, by ``stage``.
+
+    Estimated from the buckets as PromQL's ``histogram_quantile`` does: find the bucket where
+    the rank ``q * count`` falls and interpolate linearly inside it (from 0 for the first
+    bucket); a rank in the ``+Inf`` bucket gives the highest finite bound. A stage with no
+    observation gives NaN.
+    """
+    return _quantiles(metrics_text, STAGE_HISTOGRAM, q, "stage")
+
+
+def histogram_quantile(metrics_text: str, name: str, q: float) -> float:
+    """The ``q``-quantile of histogram ``name`` over all its series, estimated as
+    :func:`stage_quantiles` does (NaN without observations)."""
+    return _quantiles(metrics_text, name, q, None).get("", math.nan)
+
+
+def _quantiles(metrics_text: str, name: str, q: float, by: str | None) -> dict[str, float]:
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"a quantile is between 0 and 1, not {q}")
+    buckets: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name + "_bucket":
+                counts = buckets.setdefault(sample.labels[by] if by else "", {})
+                bound = float(sample.labels["le"])
+                counts[bound] = counts.get(bound, 0.0) + sample.value
+    return {key: _bucket_quantile(q, sorted(counts.items())) for key, counts in buckets.items()}
+
+
+def _bucket_quantile(q: float, cumulative: list[tuple[float, float]]) -> float:
+    """``histogram_quantile`` over (upper bound, cumulative count) pairs sorted by bound."""
+    if not cumulative or cumulative[-1][1] == 0:
+        return math.nan
+    rank = q * cumulative[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in cumulative:
+        if count >= rank and count > below:
+            if math.isinf(bound):
+                return lower  # the highest finite bound: nothing is known above it
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.offsetmap import decode_done
 from tagging_sidecar.kafka.outcomes import BatchDone, DeadLetterDone, OutcomeRouter, Tally
 from tagging_sidecar.kafka.partitions import PartitionStates
-from tagging_sidecar.kafka.records import Record
+from tagging_sidecar.kafka.records import Chunk, Record
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import Rejected
 
@@ -133,10 +133,10 @@ def _router(
     return router, inflight
 
 
-def _records(states: PartitionStates, inflight: InFlight, offsets: list[int]) -> list[Record]:
+def _records(states: PartitionStates, inflight: InFlight, offsets: list[int]) -> Chunk:
     watermark = states.watermark(T0)
     assert watermark is not None
-    records = []
+    records = Chunk()
     for offset in offsets:
         watermark.track(offset)
         records.append(Record("t", 0, offset, None, b"x", watermark))
@@ -150,7 +150,7 @@ def test_a_rejected_record_is_dead_lettered_and_done_only_once_acknowledged() ->
     dead = FakeDeadLetters(lambda record, error: router.apply(DeadLetterDone(record, error)))
     router, inflight = _router(states, dead)
     records = _records(states, inflight, [0, 1])
-    router.apply(BatchDone([records], [Rejected([records[0]], PermanentForwardError("no"))]))
+    router.apply(BatchDone([records], [Rejected(Chunk([records[0]]), PermanentForwardError("no"))]))
     watermark = states.watermark(T0)
     assert watermark is not None and watermark.position() == 0
     dead.ack(1)
@@ -174,7 +174,7 @@ def test_late_results_of_a_partition_no_longer_owned_are_discarded() -> None:
     router, inflight = _router(states, dead)
     records = _records(states, inflight, [0, 1])
     states.forget([T0])
-    router.apply(BatchDone([records], [Rejected([records[1]], PermanentForwardError("no"))]))
+    router.apply(BatchDone([records], [Rejected(Chunk([records[1]]), PermanentForwardError("no"))]))
     assert dead.waiting == []
     assert not states.halted(T0)
     assert inflight.records == 0
@@ -354,7 +354,7 @@ def test_records_not_delivered_never_await_a_commit() -> None:
     no longer ours: neither can be delivered twice by a crash."""
     _consumer, states, router, inflight, _committer = _bounded_world(10)
     records = _records(states, inflight, [0, 1])
-    router.apply(BatchDone([records], [Rejected([records[0]], PermanentForwardError("no"))]))
+    router.apply(BatchDone([records], [Rejected(Chunk([records[0]]), PermanentForwardError("no"))]))
     assert states.halted(T0)
     assert inflight.awaiting == 1  # offset 1 was delivered; offset 0 was not
     late = _records(states, inflight, [2])

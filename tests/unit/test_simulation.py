@@ -126,9 +126,9 @@ class DeliveryMachine(RuleBasedStateMachine):
                 self.complete_a_batch(0)
 
     def _leaving(self, tps: list[TP], lost: bool = False) -> None:
-        """Partitions leave without a commit (lost, or the commit fails): whoever reads them
-        next repeats what this process delivered of them, crash or not. What a crash would
-        add counts from here on for them."""
+        """Partitions left without a commit (lost, or the commit failed): whoever reads them
+        next repeats what this process delivered of them (also while the revoke waited for
+        their calls), crash or not. What a crash would add counts from here on for them."""
         if lost or self.sidecar.consumer.fail_commits:
             for tp in tps:
                 self.risk_from[tp] = (len(self.server.stored), len(self.sidecar.dlq.acked))
@@ -136,9 +136,9 @@ class DeliveryMachine(RuleBasedStateMachine):
     @rule(tps=SUBSETS)
     def revoke(self, tps: list[TP]) -> None:
         # Rebalance callbacks run inside the next consume(): poll once to have them run.
-        self._leaving(tps)
         self.sidecar.consumer.schedule("revoke", tps)
         self.sidecar.processor.step()
+        self._leaving(tps)
 
     @rule(tps=SUBSETS, pick=st.integers(0, 50))
     def handed_away_and_back(self, tps: list[TP], pick: int) -> None:
@@ -178,9 +178,9 @@ class DeliveryMachine(RuleBasedStateMachine):
     @rule(tps=SUBSETS)
     def lose(self, tps: list[TP]) -> None:
         self.repeats_allowed = True
-        self._leaving(tps, lost=True)
         self.sidecar.consumer.schedule("lost", tps)
         self.sidecar.processor.step()
+        self._leaving(tps, lost=True)
 
     @rule()
     def crash_and_restart(self) -> None:
