@@ -1,0 +1,242 @@
+"""How many calls may be in flight, learned from the downstream's measured behaviour (pure).
+
+The pool batches: a worker takes whatever its queue holds, so a call's duration grows with its
+batch and raw call time says little about the downstream. The limit is therefore judged by
+**throughput**: records completed per second over a window of calls, in the spirit of TCP's
+congestion control and of adaptive concurrency limits, written for batches.
+
+* **Start at one call.** One call in flight carrying everything that waits is the cheapest way
+  to move records when the downstream keeps up; the limit is only raised when that is not
+  enough.
+* **Probe, measure, keep or revert.** When the limit was fully used and work was waiting (the
+  window was *busy*), the limit moves one step and the next window is compared with the last:
+  a step up is kept only if it bought ``gain`` more throughput (a downstream that serves calls
+  in parallel), a step down only if it kept ``keep`` of it (the sidecar's CPU, not the
+  downstream, was the limit). A failed probe is reverted and the next one waits twice as many
+  windows, up to ``max_hold``; a kept one lets the next probe follow at once, in the same
+  direction.
+* **Shrink on trouble.** A failed call cuts the limit by ``decrease`` (at most once a round of
+  calls); a per-record time ``latency_rise`` times the window's baseline at the same limit
+  (calls waiting at a downstream that lost capacity) takes one step down; a limit that was
+  not fully used in a window takes one step down towards what is used.
+* **Measure only what the step caused.** After every change, one round of calls (as many as
+  the limit) settles before a window starts, so calls started under the old limit are not
+  counted.
+
+It is a plain object with an injected clock: the pool feeds it every finished call under its
+lock, and tests feed it from a simulated downstream.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+Clock = Callable[[], float]
+
+
+class _Step(Enum):
+    UP = 1
+    DOWN = -1
+
+
+@dataclass(frozen=True, slots=True)
+class LimitTuning:
+    """The limiter's constants; the defaults suit calls of a millisecond to a second."""
+
+    min_limit: int = 1
+    max_limit: int = 32
+    initial: int = 1
+    gain: float = 0.10
+    keep: float = 0.95
+    decrease: float = 0.5
+    latency_rise: float = 2.0
+    window_calls: int = 3
+    window_seconds: float = 0.05
+    max_hold: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_limit <= self.initial <= self.max_limit:
+            raise ValueError("need 1 <= min_limit <= initial <= max_limit")
+        if self.gain < 0 or not 0 < self.keep <= 1 or not 0 < self.decrease < 1:
+            raise ValueError("need gain >= 0, 0 < keep <= 1 and 0 < decrease < 1")
+        if self.latency_rise <= 1 or self.window_calls < 1 or self.window_seconds < 0:
+            raise ValueError("need latency_rise > 1, window_calls >= 1, window_seconds >= 0")
+        if self.max_hold < 1:
+            raise ValueError("max_hold must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    """One change of the limit and why (for logs)."""
+
+    old: int
+    new: int
+    reason: str
+
+
+class CallLimit(Protocol):
+    """What the pool needs of a limit: its value, and every finished call fed to it."""
+
+    @property
+    def limit(self) -> int:
+        """Calls allowed in flight now (at least 1)."""
+
+    def on_call(
+        self, records: int, seconds: float, failed: bool, in_flight: int, waiting: bool
+    ) -> LimitChange | None:
+        """Account one finished call; return the change it caused, if any."""
+
+
+class AdaptiveLimit:
+    """The number of calls allowed in flight, moved by what finished calls measured."""
+
+    def __init__(self, tuning: LimitTuning | None = None, clock: Clock = time.monotonic) -> None:
+        self.tuning = tuning or LimitTuning()
+        self._clock = clock
+        self._limit = self.tuning.initial
+        self.changes = 0
+        self.last_change: LimitChange | None = None
+        self._probe: tuple[_Step, float] | None = None
+        self._next_step = _Step.UP
+        self._hold = 0
+        self._hold_len = 1
+        self._baseline: float | None = None
+        self._rate: float | None = None
+        self._settling = False
+        self._start = 0.0
+        self._calls = 0
+        self._records = 0
+        self._seconds = 0.0
+        self._busy = 0
+        self._peak = 0
+        self._reset_window(settle=False)
+
+    @property
+    def limit(self) -> int:
+        """Calls allowed in flight now."""
+        return self._limit
+
+    def on_call(
+        self, records: int, seconds: float, failed: bool, in_flight: int, waiting: bool
+    ) -> LimitChange | None:
+        """Account one finished call; return the change it caused, if any.
+
+        ``in_flight`` counts the calls in flight when this one finished, itself included;
+        ``waiting`` says whether work was queued then. Together they tell whether the limit,
+        and not the traffic, was what held throughput back.
+        """
+        t = self.tuning
+        if failed:
+            if self._settling:
+                # The round after a change has not ended: a cut now would count the same
+                # trouble twice. It still counts towards the end of the round.
+                self._calls += 1
+                if self._calls >= self._limit:
+                    self._reset_window(settle=False)
+                return None
+            if self._limit == t.min_limit:
+                return None
+            # Multiplicative decrease, at most once a round: the change starts a settle round.
+            self._hold = self._hold_len = t.max_hold
+            self._probe = None
+            return self._change(max(t.min_limit, math.floor(self._limit * t.decrease)), "failure")
+        self._calls += 1
+        self._records += records
+        self._seconds += max(0.0, seconds)
+        self._peak = max(self._peak, in_flight)
+        self._busy += in_flight >= self._limit and waiting
+        if self._settling:
+            if self._calls >= self._limit:
+                self._reset_window(settle=False)
+            return None
+        elapsed = self._clock() - self._start
+        if self._calls < t.window_calls * self._limit or elapsed < t.window_seconds:
+            return None
+        if elapsed <= 0 or not self._records:
+            return None
+        rate = self._records / elapsed
+        per_record = self._seconds / self._records
+        busy = 2 * self._busy >= self._calls
+        used = self._peak >= self._limit
+        self._reset_window(settle=False)
+        return self._decide(rate, per_record, busy, used)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _decide(self, rate: float, per_record: float, busy: bool, used: bool) -> LimitChange | None:
+        t = self.tuning
+        if self._probe is not None:
+            step, before = self._probe
+            self._probe = None
+            kept = rate >= before * (1 + t.gain) if step is _Step.UP else rate >= before * t.keep
+            if kept:
+                self._hold = 0
+                self._hold_len = 1
+                self._baseline = per_record
+                self._rate = rate
+                return None
+            self._hold_len = min(t.max_hold, self._hold_len * 2)
+            self._hold = self._hold_len
+            self._next_step = _Step.DOWN if step is _Step.UP else _Step.UP
+            return self._change(self._limit - step.value, f"probe {step.name.lower()} paid nothing")
+        if self._baseline is None:
+            self._baseline = per_record
+        elif per_record > self._baseline * t.latency_rise and self._limit > t.min_limit:
+            # Calls wait at the downstream: step down, and keep the baseline, so that the
+            # next window steps down again until the time per record is back near it. Then
+            # probes go on downwards while throughput holds.
+            self._next_step = _Step.DOWN
+            self._hold = 0
+            return self._change(self._limit - 1, "per-record time rose", keep_baseline=True)
+        else:
+            # Follow slow drift, so that only a sharp rise counts as one.
+            self._baseline = 0.8 * self._baseline + 0.2 * per_record
+        if not used and not busy:
+            if self._limit > t.min_limit:
+                return self._change(self._limit - 1, "limit not used")
+            return None
+        if not busy:
+            return None
+        # Probes compare with the throughput of several windows at this limit, not one: a
+        # single window is noisy, and a noisy low baseline would let a useless step up pass.
+        self._rate = rate if self._rate is None else 0.5 * self._rate + 0.5 * rate
+        if self._hold > 0:
+            self._hold -= 1
+            return None
+        step = self._next_step
+        target = self._limit + step.value
+        if not t.min_limit <= target <= t.max_limit:
+            step = _Step.DOWN if step is _Step.UP else _Step.UP
+            target = self._limit + step.value
+            if not t.min_limit <= target <= t.max_limit:
+                return None
+        self._next_step = step
+        self._probe = (step, self._rate)
+        return self._change(target, f"probe {step.name.lower()}")
+
+    def _change(self, new: int, reason: str, keep_baseline: bool = False) -> LimitChange:
+        change = LimitChange(self._limit, new, reason)
+        self._limit = new
+        self.changes += 1
+        self.last_change = change
+        if not keep_baseline and self._probe is None:
+            # A new limit has its own time per record (a probe keeps the old one to compare).
+            self._baseline = None
+        if self._probe is None:
+            self._rate = None
+        self._reset_window(settle=True)
+        return change
+
+    def _reset_window(self, settle: bool) -> None:
+        self._settling = settle
+        self._start = self._clock()
+        self._calls = 0
+        self._records = 0
+        self._seconds = 0.0
+        self._busy = 0
+        self._peak = 0
