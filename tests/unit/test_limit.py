@@ -67,10 +67,11 @@ def test_backs_off_on_failures() -> None:
 
 
 def test_follows_a_downstream_that_loses_capacity() -> None:
-    driver = Driver(ParallelServers(8, SLOW))
+    servers = ParallelServers(8, SLOW)
+    driver = Driver(servers)
     driver.run(3000)
     assert driver.limiter.limit >= 7
-    driver.model.set_servers(2, driver.now)
+    servers.set_servers(2, driver.now)
     driver.run(5000)
     settled = driver.settled_limits(1500)
     assert most_common(settled) in (2, 3)
@@ -78,10 +79,11 @@ def test_follows_a_downstream_that_loses_capacity() -> None:
 
 
 def test_per_record_time_rising_steps_the_limit_down() -> None:
-    driver = Driver(ParallelServers(6, SLOW))
+    servers = ParallelServers(6, SLOW)
+    driver = Driver(servers)
     driver.run(3000)
     limit = driver.limiter.limit
-    driver.model.set_servers(1, driver.now)
+    servers.set_servers(1, driver.now)
     reasons = []
     for _ in range(400):
         driver.run(1)
@@ -93,10 +95,11 @@ def test_per_record_time_rising_steps_the_limit_down() -> None:
 
 
 def test_grows_again_when_the_downstream_recovers() -> None:
-    driver = Driver(ParallelServers(2, SLOW))
+    servers = ParallelServers(2, SLOW)
+    driver = Driver(servers)
     driver.run(3000)
     assert driver.limiter.limit <= 3
-    driver.model.set_servers(6, driver.now)
+    servers.set_servers(6, driver.now)
     driver.run(6000)
     assert most_common(driver.settled_limits(1500)) >= 5
 
