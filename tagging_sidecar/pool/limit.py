@@ -33,15 +33,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Protocol
 
 Clock = Callable[[], float]
-
-
-class _Step(Enum):
-    UP = 1
-    DOWN = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +46,8 @@ class LimitTuning:
     max_limit: int = 32
     initial: int = 1
     gain: float = 0.10
-    keep: float = 0.95
+    keep: float = 0.92
+    wait_gain: float = 0.25
     decrease: float = 0.5
     latency_rise: float = 2.0
     window_calls: int = 3
@@ -64,6 +59,8 @@ class LimitTuning:
             raise ValueError("need 1 <= min_limit <= initial <= max_limit")
         if self.gain < 0 or not 0 < self.keep <= 1 or not 0 < self.decrease < 1:
             raise ValueError("need gain >= 0, 0 < keep <= 1 and 0 < decrease < 1")
+        if not 0 < self.wait_gain < 1:
+            raise ValueError("need 0 < wait_gain < 1")
         if self.latency_rise <= 1 or self.window_calls < 1 or self.window_seconds < 0:
             raise ValueError("need latency_rise > 1, window_calls >= 1, window_seconds >= 0")
         if self.max_hold < 1:
@@ -92,6 +89,26 @@ class CallLimit(Protocol):
         """Account one finished call; return the change it caused, if any."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """What one window of calls measured."""
+
+    rate: float  # records per second
+    per_record: float  # call seconds per record
+    wait: float  # seconds a record spent in its call, on average over records
+    busy: bool  # the limit was fully used and work waited, for most calls
+    used: bool  # the limit was reached at least once
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """A step being tried, and what the limit before it measured."""
+
+    before: int
+    rate: float
+    wait: float
+
+
 class AdaptiveLimit:
     """The number of calls allowed in flight, moved by what finished calls measured."""
 
@@ -101,17 +118,20 @@ class AdaptiveLimit:
         self._limit = self.tuning.initial
         self.changes = 0
         self.last_change: LimitChange | None = None
-        self._probe: tuple[_Step, float] | None = None
-        self._next_step = _Step.UP
+        self._probe: _Probe | None = None
+        self._slow_start = True
+        self._next_step = 1
         self._hold = 0
         self._hold_len = 1
         self._baseline: float | None = None
         self._rate: float | None = None
+        self._wait: float | None = None
         self._settling = False
         self._start = 0.0
         self._calls = 0
         self._records = 0
         self._seconds = 0.0
+        self._weighted = 0.0
         self._busy = 0
         self._peak = 0
         self._reset_window(settle=False)
@@ -139,15 +159,18 @@ class AdaptiveLimit:
                 if self._calls >= self._limit:
                     self._reset_window(settle=False)
                 return None
+            self._slow_start = False
             if self._limit == t.min_limit:
                 return None
             # Multiplicative decrease, at most once a round: the change starts a settle round.
             self._hold = self._hold_len = t.max_hold
             self._probe = None
             return self._change(max(t.min_limit, math.floor(self._limit * t.decrease)), "failure")
+        seconds = max(0.0, seconds)
         self._calls += 1
         self._records += records
-        self._seconds += max(0.0, seconds)
+        self._seconds += seconds
+        self._weighted += seconds * records
         self._peak = max(self._peak, in_flight)
         self._busy += in_flight >= self._limit and waiting
         if self._settling:
@@ -159,76 +182,112 @@ class AdaptiveLimit:
             return None
         if elapsed <= 0 or not self._records:
             return None
-        rate = self._records / elapsed
-        per_record = self._seconds / self._records
-        busy = 2 * self._busy >= self._calls
-        used = self._peak >= self._limit
+        window = _Window(
+            rate=self._records / elapsed,
+            per_record=self._seconds / self._records,
+            wait=self._weighted / self._records,
+            busy=2 * self._busy >= self._calls,
+            used=self._peak >= self._limit,
+        )
         self._reset_window(settle=False)
-        return self._decide(rate, per_record, busy, used)
+        return self._decide(window)
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _decide(self, rate: float, per_record: float, busy: bool, used: bool) -> LimitChange | None:
+    def _decide(self, w: _Window) -> LimitChange | None:
         t = self.tuning
         if self._probe is not None:
-            step, before = self._probe
-            self._probe = None
-            kept = rate >= before * (1 + t.gain) if step is _Step.UP else rate >= before * t.keep
-            if kept:
-                self._hold = 0
-                self._hold_len = 1
-                self._baseline = per_record
-                self._rate = rate
-                return None
-            self._hold_len = min(t.max_hold, self._hold_len * 2)
-            self._hold = self._hold_len
-            self._next_step = _Step.DOWN if step is _Step.UP else _Step.UP
-            return self._change(self._limit - step.value, f"probe {step.name.lower()} paid nothing")
+            return self._judge(self._probe, w)
         if self._baseline is None:
-            self._baseline = per_record
-        elif per_record > self._baseline * t.latency_rise and self._limit > t.min_limit:
+            self._baseline = w.per_record
+        elif w.per_record > self._baseline * t.latency_rise and self._limit > t.min_limit:
             # Calls wait at the downstream: step down, and keep the baseline, so that the
             # next window steps down again until the time per record is back near it. Then
             # probes go on downwards while throughput holds.
-            self._next_step = _Step.DOWN
+            self._slow_start = False
+            self._next_step = -1
             self._hold = 0
             return self._change(self._limit - 1, "per-record time rose", keep_baseline=True)
         else:
             # Follow slow drift, so that only a sharp rise counts as one.
-            self._baseline = 0.8 * self._baseline + 0.2 * per_record
-        if not used and not busy:
+            self._baseline = 0.8 * self._baseline + 0.2 * w.per_record
+        if not w.used and not w.busy:
             if self._limit > t.min_limit:
                 return self._change(self._limit - 1, "limit not used")
             return None
-        if not busy:
+        if not w.busy:
             return None
-        # Probes compare with the throughput of several windows at this limit, not one: a
-        # single window is noisy, and a noisy low baseline would let a useless step up pass.
-        self._rate = rate if self._rate is None else 0.5 * self._rate + 0.5 * rate
+        # Probes compare with several windows at this limit, not one: a single window is
+        # noisy, and a noisy low baseline would let a useless step up pass.
+        self._rate = w.rate if self._rate is None else 0.5 * self._rate + 0.5 * w.rate
+        self._wait = w.wait if self._wait is None else 0.5 * self._wait + 0.5 * w.wait
         if self._hold > 0:
             self._hold -= 1
             return None
+        return self._start_probe()
+
+    def _start_probe(self) -> LimitChange | None:
+        t = self.tuning
+        assert self._rate is not None and self._wait is not None
         step = self._next_step
-        target = self._limit + step.value
-        if not t.min_limit <= target <= t.max_limit:
-            step = _Step.DOWN if step is _Step.UP else _Step.UP
-            target = self._limit + step.value
+        if step > 0 and self._slow_start:
+            # Slow start, as TCP's: double while doubling pays, then go a step at a time.
+            target = min(t.max_limit, self._limit * 2)
+        else:
+            target = self._limit + step
+        if not t.min_limit <= target <= t.max_limit or target == self._limit:
+            step = -step
+            target = self._limit + step
             if not t.min_limit <= target <= t.max_limit:
                 return None
         self._next_step = step
-        self._probe = (step, self._rate)
-        return self._change(target, f"probe {step.name.lower()}")
+        self._probe = _Probe(self._limit, self._rate, self._wait)
+        return self._change(target, "probe up" if target > self._limit else "probe down")
+
+    def _judge(self, probe: _Probe, w: _Window) -> LimitChange | None:
+        """Keep a step that paid, revert one that did not."""
+        t = self.tuning
+        self._probe = None
+        kept_rate = w.rate >= probe.rate * t.keep
+        if self._limit > probe.before:
+            # Up pays in throughput, or in the time records spend in calls at no loss of it.
+            faster = w.wait <= probe.wait * (1 - t.wait_gain)
+            kept = w.rate >= probe.rate * (1 + t.gain) or (kept_rate and faster)
+        else:
+            # Down must keep the throughput, and not make records wait much longer.
+            kept = kept_rate and w.wait <= probe.wait * (1 + t.wait_gain)
+        if kept:
+            self._hold = 0
+            self._hold_len = 1
+            self._baseline = w.per_record
+            self._rate = w.rate
+            self._wait = w.wait
+            # The window that judged this step is the next step's baseline: go on at once
+            # in the same direction while the limit is what holds the work back.
+            return self._start_probe() if w.busy else None
+        overshoot = self._slow_start and self._limit > probe.before
+        self._slow_start = False
+        self._hold_len = min(t.max_hold, self._hold_len * 2)
+        self._hold = self._hold_len
+        if overshoot:
+            # Doubling overshot; a single step up from where it was may still pay.
+            self._hold = 0
+        else:
+            self._next_step = -self._next_step
+        direction = "up" if self._limit > probe.before else "down"
+        return self._change(probe.before, f"probe {direction} paid nothing")
 
     def _change(self, new: int, reason: str, keep_baseline: bool = False) -> LimitChange:
         change = LimitChange(self._limit, new, reason)
         self._limit = new
         self.changes += 1
         self.last_change = change
-        if not keep_baseline and self._probe is None:
-            # A new limit has its own time per record (a probe keeps the old one to compare).
-            self._baseline = None
         if self._probe is None:
+            # A new limit has its own measurements (a probe keeps the old ones to compare).
+            if not keep_baseline:
+                self._baseline = None
             self._rate = None
+            self._wait = None
         self._reset_window(settle=True)
         return change
 
@@ -238,5 +297,6 @@ class AdaptiveLimit:
         self._calls = 0
         self._records = 0
         self._seconds = 0.0
+        self._weighted = 0.0
         self._busy = 0
         self._peak = 0

@@ -134,7 +134,7 @@ calls = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     calls=calls,
     low=st.integers(min_value=1, max_value=4),
