@@ -9,19 +9,22 @@ congestion control and of adaptive concurrency limits, written for batches.
   to move records when the downstream keeps up; the limit is only raised when that is not
   enough.
 * **Probe, measure, keep or revert.** When the limit was fully used and work was waiting (the
-  window was *busy*), the limit moves one step and the next window is compared with the last:
-  a step up is kept only if it bought ``gain`` more throughput (a downstream that serves calls
-  in parallel), a step down only if it kept ``keep`` of it (the sidecar's CPU, not the
-  downstream, was the limit). A failed probe is reverted and the next one waits twice as many
-  windows, up to ``max_hold``; a kept one lets the next probe follow at once, in the same
-  direction.
+  window was *busy*), the limit moves and the next window is compared with the throughput
+  measured at the old limit: a step up is kept only if it bought ``gain`` more throughput (a
+  downstream that serves calls in parallel); a step down only if it kept ``keep`` of it and
+  records did not spend ``wait_gain`` longer in calls (the sidecar's CPU, not the
+  downstream, was the limit). A reverted probe makes the next one wait twice as many windows,
+  up to ``max_hold``; a kept one is followed at once by the next, in the same direction.
+* **Slow start.** Until the first probe fails, a step up doubles the limit, as TCP's slow
+  start does; then it moves one at a time.
 * **Shrink on trouble.** A failed call cuts the limit by ``decrease`` (at most once a round of
-  calls); a per-record time ``latency_rise`` times the window's baseline at the same limit
-  (calls waiting at a downstream that lost capacity) takes one step down; a limit that was
-  not fully used in a window takes one step down towards what is used.
+  calls); a time per record ``latency_rise`` times the baseline at the same limit (calls
+  waiting at a downstream that lost capacity) takes one step down, and again next window
+  until the time per record is back near its baseline; a limit that was not reached in a
+  window that was not busy takes one step down towards what is used.
 * **Measure only what the step caused.** After every change, one round of calls (as many as
   the limit) settles before a window starts, so calls started under the old limit are not
-  counted.
+  counted. Windows hold ``window_calls`` rounds and last at least ``window_seconds``.
 
 It is a plain object with an injected clock: the pool feeds it every finished call under its
 lock, and tests feed it from a simulated downstream.
@@ -250,9 +253,9 @@ class AdaptiveLimit:
         self._probe = None
         kept_rate = w.rate >= probe.rate * t.keep
         if self._limit > probe.before:
-            # Up pays in throughput, or in the time records spend in calls at no loss of it.
-            faster = w.wait <= probe.wait * (1 - t.wait_gain)
-            kept = w.rate >= probe.rate * (1 + t.gain) or (kept_rate and faster)
+            # Up pays only in throughput. (Shorter calls alone do not count: right after a step
+            # up the new calls carry less, which would look like a gain that does not last.)
+            kept = w.rate >= probe.rate * (1 + t.gain)
         else:
             # Down must keep the throughput, and not make records wait much longer.
             kept = kept_rate and w.wait <= probe.wait * (1 + t.wait_gain)
