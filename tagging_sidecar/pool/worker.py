@@ -136,8 +136,10 @@ class SlotWorkers(Generic[R]):
             self._finish(slot, log, prepared=False, reason="stopped before it was ready")
             return
         reason = "stopped"
+        batch: list[_Entry[R]] | None = None
         while True:
-            batch = self._next_batch(slot)
+            if batch is None:
+                batch = self._next_batch(slot)
             if batch is None:
                 reason = "idle" if not self._halted else "stopped"
                 break
@@ -156,7 +158,9 @@ class SlotWorkers(Generic[R]):
                 log.warning("batch failed", error=type(exc).__name__, items=len(items))
                 rejected = [Rejected(item, exc) for item in items]
                 failed = True
-            self._complete(slot, batch, weight, time.monotonic() - started, failed)
+            # The next batch, if one is ready, is taken before the results are reported: whoever
+            # waits for results to refill the queue then finds room in it.
+            batch = self._complete(slot, batch, weight, time.monotonic() - started, failed)
             try:
                 self._on_done(items, rejected)
             except Exception:
@@ -363,10 +367,27 @@ class SlotWorkers(Generic[R]):
         self._backlog -= weight
         self._in_process += weight
         self._calls += 1
+        self._space.notify_all()  # the lane has room again
+
+    def _take_ready_locked(self, slot: _Slot[R]) -> list[_Entry[R]] | None:
+        """The next batch if it needs no waiting: records queued, enough of them not to
+        linger, and (with a limit) a call free with no other worker in line for it."""
+        if self._halted or not slot.queue:
+            return None
+        if self._linger and slot.queued_weight < min(self._max_batch, LINGER_BELOW):
+            return None
+        if self._limiter is None:
+            return self._take_prefix_locked(slot)
+        if self._permit_line or self._calls >= self._limiter.limit:
+            return None
+        batch = self._take_share_locked(slot)
+        self._grant_locked()
+        return batch
 
     def _complete(
         self, slot: _Slot[R], batch: list[_Entry[R]], weight: int, seconds: float, failed: bool
-    ) -> None:
+    ) -> list[_Entry[R]] | None:
+        """Account a finished batch; return the next one if it can be taken without waiting."""
         with self._lock:
             for entry in batch:
                 self._release_locked(entry)
@@ -379,6 +400,7 @@ class SlotWorkers(Generic[R]):
             self._space.notify_all()
             if not self._backlog and not self._in_process:
                 self._quiet.notify_all()
+            return self._take_ready_locked(slot)
 
     def _feed_limiter_locked(
         self, slot: _Slot[R], weight: int, seconds: float, failed: bool
