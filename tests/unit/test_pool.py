@@ -245,3 +245,37 @@ def test_weighted_items_fill_a_batch_up_to_the_limit(scaling: str) -> None:
     pool.dispatch("w4c", weight=4)
     pool.stop(drain=True, timeout=10)
     assert recorder.batches == [["first"], ["w4a", "w4b"], ["w4c"]]
+
+
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_the_next_batch_is_taken_before_results_are_reported(scaling: str) -> None:
+    # Whoever refills the pool when results arrive must find room: by then the worker has
+    # already taken what waited in its queue.
+    recorder = Recorder()
+    recorder.gate.clear()
+    policy = ScalingPolicy(min_workers=1, max_workers=1, queue_size=8)
+    seen: list[tuple[int, int]] = []
+    pools: list[WorkerPool[Any]] = []
+
+    def on_done(items: Sequence[Any], _rejected: Sequence[Rejected[Any]]) -> None:
+        if items == ["first"]:
+            stats = pools[0].stats()
+            seen.append((stats.backlog, stats.in_process))
+
+    pool: WorkerPool[Any] = WorkerPool(
+        lambda: RecordingDispatcher(recorder),
+        on_done,
+        policy,
+        clock=FakeClock(),
+        limiter=limiter_for(scaling, policy),
+    )
+    pools.append(pool)
+    pool.start()
+    pool.dispatch("first")
+    wait_until(lambda: recorder.concurrent == 1)
+    for i in range(5):
+        pool.dispatch(i)
+    recorder.gate.set()
+    assert pool.stop(drain=True, timeout=20) == []
+    assert seen == [(0, 5)]
+    assert recorder.batches == [["first"], [0, 1, 2, 3, 4]]
