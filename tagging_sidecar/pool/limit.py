@@ -43,7 +43,16 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, slots=True)
 class LimitTuning:
-    """The limiter's constants; the defaults suit calls of a millisecond to a second."""
+    """The limiter's constants; the defaults suit calls of a millisecond to a second.
+
+    ``min_limit`` / ``max_limit`` / ``initial``: the range of the limit and where it starts.
+    ``gain``: the throughput a step up must add to be kept; ``keep`` and ``wait_gain``: the
+    throughput a step down must keep, and how much longer records may spend in calls after it.
+    ``decrease``: the factor a failed call cuts the limit by. ``latency_rise``: how many times
+    its baseline the time per record may rise before the limit steps down. ``window_calls`` and
+    ``window_seconds``: a window's length, in rounds of calls and at least in seconds.
+    ``max_hold``: the most windows between probes.
+    """
 
     min_limit: int = 1
     max_limit: int = 32

@@ -33,6 +33,24 @@ def test_converges_to_the_servers_of_a_parallel_downstream(servers: int, seed: i
     assert max(settled) <= servers + 2
 
 
+def test_slow_start_doubles_until_a_doubling_stops_paying() -> None:
+    driver = Driver(ParallelServers(6, SLOW))
+    changes = []
+    while len(changes) < 12:
+        driver.run(1)
+        change = driver.limiter.last_change
+        if change is not None and (not changes or change is not changes[-1]):
+            changes.append(change)
+    first_failure = next(i for i, c in enumerate(changes) if c.reason.endswith("paid nothing"))
+    ups = changes[:first_failure]
+    assert ups and all(c.new == 2 * c.old and c.reason == "probe up" for c in ups)
+    # 4 -> 8 still pays against 6 servers; 8 -> 16 does not, and is reverted.
+    assert (changes[first_failure].old, changes[first_failure].new) == (16, 8)
+    # From then on, probes move one step at a time.
+    later = [c for c in changes[first_failure + 1 :] if c.reason.startswith("probe")]
+    assert later and all(abs(c.new - c.old) == 1 for c in later)
+
+
 def test_stays_at_one_call_when_one_server_does_all_the_work() -> None:
     driver = Driver(ParallelServers(1, SLOW))
     driver.run(3000)
