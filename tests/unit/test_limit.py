@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagging_sidecar.pool import AdaptiveLimit, LimitTuning
+from tagging_sidecar.pool import AdaptiveLimit, LimitChange, LimitTuning
 
 from .downstream_models import Driver, ParallelServers, SharedCpu
 
@@ -35,7 +35,7 @@ def test_converges_to_the_servers_of_a_parallel_downstream(servers: int, seed: i
 
 def test_slow_start_doubles_until_a_doubling_stops_paying() -> None:
     driver = Driver(ParallelServers(6, SLOW))
-    changes = []
+    changes: list[LimitChange] = []
     while len(changes) < 12:
         driver.run(1)
         change = driver.limiter.last_change
