@@ -17,7 +17,7 @@ import time
 import structlog
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from tagging_sidecar.config import Settings
+from tagging_sidecar.config import Scaling, Settings
 from tagging_sidecar.decode import decoder_for
 from tagging_sidecar.errors import FatalError
 from tagging_sidecar.forward import CallResult, DownstreamHealth, HavilahClient, connect
@@ -35,7 +35,7 @@ from tagging_sidecar.kafka.stages import CommitWaits, TimedDispatcher
 from tagging_sidecar.kafka.stats import apply_statistics
 from tagging_sidecar.observe.health import HealthServer, HealthState, tick_timeout
 from tagging_sidecar.observe.metrics import Metrics
-from tagging_sidecar.pool import ScalingPolicy, WorkerPool
+from tagging_sidecar.pool import AdaptiveLimit, LimitTuning, ScalingPolicy, WorkerPool
 
 __all__ = ["FatalError", "RunSummary", "Sidecar"]
 
@@ -202,16 +202,18 @@ class Sidecar:
     def _pool(self, client: HavilahClient, outcomes: Outcomes) -> WorkerPool[Chunk]:
         s = self.settings
         ready = min(5.0, s.grpc.timeout)
+        adaptive = s.pool.scaling is Scaling.ADAPTIVE
         return WorkerPool(
             lambda: TimedDispatcher(ForwardingDispatcher(client, ready), self.metrics),
             outcomes.batch_done,
             ScalingPolicy(
                 s.pool.min_workers, s.pool.max_workers, s.pool.queue_size, s.pool.idle_timeout
             ),
-            max_batch=s.pool.queue_size,
+            max_batch=s.pool.max_batch if adaptive else s.pool.queue_size,
             before_backoff=(s.grpc.retry_initial_backoff, s.grpc.retry_max_backoff),
             name="forward",
             linger=s.pool.linger,
+            limiter=AdaptiveLimit(LimitTuning(max_limit=s.pool.max_workers)) if adaptive else None,
         )
 
     def _dead_letters(

@@ -60,6 +60,13 @@ class Ordering(StrEnum):
     UNORDERED = "unordered"
 
 
+class Scaling(StrEnum):
+    """How the pool decides how many calls run at once."""
+
+    ADAPTIVE = "adaptive"
+    SEED = "seed"
+
+
 class GrpcMode(StrEnum):
     """How records travel on the client stream."""
 
@@ -395,11 +402,25 @@ class PoolSettings(_Section):
 
     min_workers: int = Field(default=1, ge=0, le=1024, description="workers kept even when idle")
     max_workers: int = Field(default=32, ge=1, le=1024, description="most workers")
+    scaling: Scaling = Field(
+        default=Scaling.ADAPTIVE,
+        description="`adaptive`: calls in flight follow a limit learned from the downstream's "
+        "throughput, one call while that keeps up, each carrying up to `max_batch` records; "
+        "`seed`: the seed's rule, a worker per `queue_size / max_workers` records of backlog, "
+        "batches of up to `queue_size`",
+    )
     queue_size: int = Field(
         default=128,
         ge=1,
         le=1_000_000,
-        description="records queued per worker; also the largest batch",
+        description="records queued per worker; under `seed` scaling also the largest batch",
+    )
+    max_batch: int = Field(
+        default=2048,
+        ge=1,
+        le=1_000_000,
+        description="under `adaptive` scaling, the most records one call carries; a worker's "
+        "queue holds as many",
     )
     idle_timeout: float = Field(
         default=30.0, gt=0, description="seconds without work before a worker stops"
@@ -413,8 +434,9 @@ class PoolSettings(_Section):
         default=0.005,
         ge=0,
         le=1,
-        description="seconds a worker waits to fill a batch smaller than the queue size; a live "
-        "trickle would otherwise make one call per record (`0`: send at once)",
+        description="seconds a worker with fewer than 128 records waiting (or the largest "
+        "batch, if smaller) waits for more; a live trickle would otherwise make one call per "
+        "record (`0`: send at once)",
     )
     max_inflight_bytes: int = Field(
         default=64 * 1024 * 1024,

@@ -33,6 +33,7 @@ import structlog
 
 from tagging_sidecar.errors import PoolClosed, PoolFull
 from tagging_sidecar.pool.dispatcher import Dispatcher
+from tagging_sidecar.pool.limit import CallLimit
 from tagging_sidecar.pool.policy import ScalingPolicy
 from tagging_sidecar.pool.worker import Clock, DoneCallback, SlotWorkers, _Entry, _Hold, _Slot
 
@@ -52,6 +53,8 @@ class PoolStats:
     scale_ups: int
     scale_downs: int
     before_failures: int
+    calls_in_flight: int = 0
+    call_limit: int = 0
 
 
 class WorkerPool(SlotWorkers[R]):
@@ -60,7 +63,14 @@ class WorkerPool(SlotWorkers[R]):
     ``dispatcher_factory`` is called once per slot (the seed's one dispatcher per worker).
     ``on_done(items, rejected)`` runs on the worker thread after each batch; ``rejected`` lists
     the items the dispatcher gave up on. ``max_batch`` caps the weight of one batch; a worker
-    with less than that waits up to ``linger`` seconds for more before it processes.
+    with little waiting (less than ``LINGER_BELOW``, or ``max_batch`` if smaller) waits up to
+    ``linger`` seconds for more before it processes.
+
+    Without ``limiter`` workers follow ``policy`` (the seed's backlog rule) and each slot holds
+    ``queue_size`` weight. With an :class:`~tagging_sidecar.pool.limit.AdaptiveLimit`, calls
+    in flight never exceed its limit, workers follow the limit, a slot holds up to
+    ``max(queue_size, max_batch)`` and a worker shares its queue with idle workers when more
+    calls are allowed (see :mod:`tagging_sidecar.pool.limit`).
     """
 
     def __init__(
@@ -74,11 +84,19 @@ class WorkerPool(SlotWorkers[R]):
         before_backoff: tuple[float, float] = (0.1, 10.0),
         name: str = "pool",
         linger: float = 0.0,
+        limiter: CallLimit | None = None,
     ) -> None:
         self._policy = policy or ScalingPolicy()
+        self._limiter = limiter
         self._factory = dispatcher_factory
         self._on_done = on_done
         self._max_batch = max_batch or self._policy.queue_size
+        self._capacity = self._policy.queue_size
+        if limiter is not None:
+            # The batch is what the lane holds: a lane must be able to hold a whole batch.
+            self._capacity = max(self._capacity, self._max_batch)
+        self._permit_line: deque[_Slot[R]] = deque()
+        self._calls = 0
         self._clock = clock
         self._backoff = before_backoff
         self._name = name
@@ -203,13 +221,20 @@ class WorkerPool(SlotWorkers[R]):
         with self._lock:
             return PoolStats(
                 active_workers=self._active,
-                wanted_workers=self._policy.wanted(self._backlog),
+                wanted_workers=self._wanted_locked(self._backlog),
                 backlog=self._backlog,
                 in_process=self._in_process,
                 scale_ups=self._scale_ups,
                 scale_downs=self._scale_downs,
                 before_failures=self._before_failures,
+                calls_in_flight=self._calls,
+                call_limit=self._policy.max_workers if self._limiter is None else self.limit,
             )
+
+    @property
+    def limit(self) -> int:
+        """Calls allowed in flight: the adaptive limit, or ``max_workers`` without one."""
+        return self._policy.max_workers if self._limiter is None else self._limiter.limit
 
     def maintain(self) -> None:
         """Wake idle workers so they re-check their idle time (useful with an injected clock)."""
@@ -225,7 +250,7 @@ class WorkerPool(SlotWorkers[R]):
             raise PoolClosed(f"{self._name} is stopped")
         if not self._started:
             raise PoolClosed(f"{self._name} is not started")
-        limit = self._policy.queue_size
+        limit = self._capacity
         if key is not None:
             held = self._affinity.get(key)
             if held is not None:
@@ -239,7 +264,7 @@ class WorkerPool(SlotWorkers[R]):
                 if slot.load == 0:
                     break
         if best is None or best.load > 0:
-            wanted = self._policy.wanted(self._backlog + weight)
+            wanted = self._wanted_locked(self._backlog + weight)
             if self._active < wanted:
                 fresh = self._activate_locked(
                     reason=f"backlog {self._backlog + weight} wants {wanted} workers"
@@ -247,6 +272,11 @@ class WorkerPool(SlotWorkers[R]):
                 if fresh is not None:
                     return fresh
         return best
+
+    def _wanted_locked(self, backlog: int) -> int:
+        if self._limiter is None:
+            return self._policy.wanted(backlog)
+        return self._target_locked() if backlog > 0 else self._policy.min_workers
 
     @staticmethod
     def _fits(slot: _Slot[R], weight: int, limit: int) -> bool:

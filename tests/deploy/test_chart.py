@@ -188,6 +188,7 @@ def _model_choices(section: str, field: str) -> list[str]:
     [
         ("config.grpc.mode", "grpc", "mode"),
         ("config.pool.ordering", "pool", "ordering"),
+        ("config.pool.scaling", "pool", "scaling"),
         ("config.decode.format", "decode", "format"),
         ("config.log.format", "log", "format"),
         ("config.log.level", "log", "level"),

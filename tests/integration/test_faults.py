@@ -56,6 +56,8 @@ def fault_env(
         f"127.0.0.1:{sink_port}",
         POOL__MAX_WORKERS=str(MAX_WORKERS),
         POOL__QUEUE_SIZE=str(QUEUE_SIZE),
+        # Adaptive scaling: a lane holds one batch, so the same bound holds under both policies.
+        POOL__MAX_BATCH=str(QUEUE_SIZE),
         KAFKA__CONSUME_BATCH_SIZE=str(CONSUME_BATCH),
         KAFKA__COMMIT_INTERVAL=str(COMMIT_INTERVAL),
         GRPC__RETRY_MAX_BACKOFF="0.5",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tagging_sidecar.config import GrpcMode, Ordering, known_env_vars, load_settings
+from tagging_sidecar.config import GrpcMode, Ordering, Scaling, known_env_vars, load_settings
 from tagging_sidecar.errors import ConfigError
 from tagging_sidecar.settings_doc import documents, markdown_table, replace_block, variables
 
@@ -29,6 +29,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.pool.max_workers == 32
     assert s.pool.queue_size == 128
     assert s.pool.ordering is Ordering.KEY
+    assert s.pool.scaling is Scaling.ADAPTIVE
+    assert s.pool.max_batch == 2048
     assert s.grpc.mode is GrpcMode.BATCH
     assert s.kafka.group_id == "tagging-sidecar"
 

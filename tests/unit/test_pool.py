@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tagging_sidecar.errors import PoolClosed, PoolFull
-from tagging_sidecar.pool import Rejected, ScalingPolicy, WorkerPool
+from tagging_sidecar.pool import AdaptiveLimit, LimitTuning, Rejected, ScalingPolicy, WorkerPool
 
 from .fakes import FakeClock, Recorder, RecordingDispatcher, wait_until
 
@@ -28,11 +28,25 @@ class Results:
             self.rejected.extend(rejected)
 
 
+# Every behaviour below holds under both scaling policies: the seed's backlog rule, and the
+# adaptive call limit, starting at one call or (for the tests about many workers) at the most.
+SCALINGS = ["seed", "adaptive", "adaptive-wide"]
+WIDE = ["seed", "adaptive-wide"]
+
+
+def limiter_for(scaling: str, policy: ScalingPolicy) -> AdaptiveLimit | None:
+    if scaling == "seed":
+        return None
+    top = policy.max_workers
+    return AdaptiveLimit(LimitTuning(max_limit=top, initial=top if scaling.endswith("wide") else 1))
+
+
 def make_pool(
     recorder: Recorder,
     policy: ScalingPolicy,
     clock: Callable[[], float] | None = None,
     results: Results | None = None,
+    scaling: str = "seed",
 ) -> tuple[WorkerPool[Any], Results]:
     results = results or Results()
     pool: WorkerPool[Any] = WorkerPool(
@@ -41,6 +55,7 @@ def make_pool(
         policy,
         clock=clock if clock is not None else FakeClock(),
         before_backoff=(0.001, 0.01),
+        limiter=limiter_for(scaling, policy),
     )
     pool.start()
     return pool, results
@@ -63,11 +78,12 @@ def test_policy_refuses_nonsense() -> None:
         ScalingPolicy(min_workers=5, max_workers=2)
 
 
-def test_scales_up_under_a_burst_and_never_above_max() -> None:
+@pytest.mark.parametrize("scaling", WIDE)
+def test_scales_up_under_a_burst_and_never_above_max(scaling: str) -> None:
     recorder = Recorder()
     recorder.gate.clear()  # workers block, so the backlog builds up
     policy = ScalingPolicy(min_workers=1, max_workers=4, queue_size=8, idle_timeout=60)
-    pool, results = make_pool(recorder, policy)
+    pool, results = make_pool(recorder, policy, scaling=scaling)
     accepted = 0
     while pool.offer(accepted):
         accepted += 1
@@ -81,11 +97,12 @@ def test_scales_up_under_a_burst_and_never_above_max() -> None:
     assert recorder.max_concurrent <= 4
 
 
-def test_scales_down_after_idle_time() -> None:
+@pytest.mark.parametrize("scaling", WIDE)
+def test_scales_down_after_idle_time(scaling: str) -> None:
     recorder = Recorder()
     clock = FakeClock()
     policy = ScalingPolicy(min_workers=1, max_workers=4, queue_size=8, idle_timeout=30)
-    pool, results = make_pool(recorder, policy, clock)
+    pool, results = make_pool(recorder, policy, clock, scaling=scaling)
     recorder.gate.clear()
     for i in range(24):
         pool.dispatch(i)
@@ -100,11 +117,12 @@ def test_scales_down_after_idle_time() -> None:
     pool.stop()
 
 
-def test_failing_before_is_retried_and_nothing_is_sent_meanwhile() -> None:
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_failing_before_is_retried_and_nothing_is_sent_meanwhile(scaling: str) -> None:
     recorder = Recorder()
     recorder.fail_before = 3
     policy = ScalingPolicy(min_workers=0, max_workers=1, queue_size=8)
-    pool, results = make_pool(recorder, policy)
+    pool, results = make_pool(recorder, policy, scaling=scaling)
     for i in range(5):
         pool.dispatch(i)
     wait_until(lambda: len(results.done) == 5)
@@ -114,14 +132,15 @@ def test_failing_before_is_retried_and_nothing_is_sent_meanwhile() -> None:
     pool.stop()
 
 
+@pytest.mark.parametrize("scaling", SCALINGS)
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_order_per_key_survives_random_completion_times(seed: int) -> None:
+def test_order_per_key_survives_random_completion_times(seed: int, scaling: str) -> None:
     random.seed(seed)
     recorder = Recorder()
     recorder.jitter = 0.002
     policy = ScalingPolicy(min_workers=1, max_workers=6, queue_size=12, idle_timeout=0.01)
     # A real clock and a tiny idle timeout: workers leave and come back during the run.
-    pool, _ = make_pool(recorder, policy, clock=time.monotonic)
+    pool, _ = make_pool(recorder, policy, clock=time.monotonic, scaling=scaling)
     sent: dict[int, list[int]] = {}
     for i in range(600):
         key = random.randrange(10)
@@ -132,11 +151,12 @@ def test_order_per_key_survives_random_completion_times(seed: int) -> None:
         assert [i for k, i in recorder.delivered if k == key] == expected
 
 
-def test_stop_with_drain_processes_everything_accepted() -> None:
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_stop_with_drain_processes_everything_accepted(scaling: str) -> None:
     recorder = Recorder()
     recorder.jitter = 0.001
     policy = ScalingPolicy(min_workers=0, max_workers=3, queue_size=50)
-    pool, results = make_pool(recorder, policy)
+    pool, results = make_pool(recorder, policy, scaling=scaling)
     for i in range(300):
         pool.dispatch(i)
     assert pool.stop(drain=True, timeout=30) == []
@@ -145,11 +165,12 @@ def test_stop_with_drain_processes_everything_accepted() -> None:
         pool.dispatch(301)
 
 
-def test_stop_without_drain_returns_what_was_never_sent() -> None:
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_stop_without_drain_returns_what_was_never_sent(scaling: str) -> None:
     recorder = Recorder()
     recorder.gate.clear()
     policy = ScalingPolicy(min_workers=0, max_workers=1, queue_size=100)
-    pool, results = make_pool(recorder, policy)
+    pool, results = make_pool(recorder, policy, scaling=scaling)
     for i in range(10):
         pool.dispatch(i)
     wait_until(lambda: recorder.concurrent == 1)
@@ -160,11 +181,12 @@ def test_stop_without_drain_returns_what_was_never_sent() -> None:
     assert sorted(results.done + leftovers) == list(range(10))
 
 
-def test_dispatcher_ending_its_worker_loses_nothing() -> None:
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_dispatcher_ending_its_worker_loses_nothing(scaling: str) -> None:
     recorder = Recorder()
     recorder.end_every = 3
     policy = ScalingPolicy(min_workers=1, max_workers=2, queue_size=4)
-    pool, _ = make_pool(recorder, policy)
+    pool, _ = make_pool(recorder, policy, scaling=scaling)
     for i in range(100):
         pool.dispatch(i, key=i % 2)
     assert pool.stop(drain=True, timeout=30) == []
@@ -174,11 +196,12 @@ def test_dispatcher_ending_its_worker_loses_nothing() -> None:
     assert recorder.before_calls > 2  # workers were restarted after ending
 
 
-def test_full_pool_applies_backpressure() -> None:
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_full_pool_applies_backpressure(scaling: str) -> None:
     recorder = Recorder()
     recorder.gate.clear()
     policy = ScalingPolicy(min_workers=1, max_workers=1, queue_size=5)
-    pool, _ = make_pool(recorder, policy)
+    pool, _ = make_pool(recorder, policy, scaling=scaling)
     pool.dispatch("in hand")
     wait_until(lambda: recorder.concurrent == 1)
     accepted = 0
@@ -192,11 +215,12 @@ def test_full_pool_applies_backpressure() -> None:
     pool.stop()
 
 
-def test_dispatcher_errors_reject_the_batch_but_never_kill_the_pool() -> None:
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_dispatcher_errors_reject_the_batch_but_never_kill_the_pool(scaling: str) -> None:
     recorder = Recorder()
     recorder.raise_on = lambda batch: RuntimeError("boom") if "bad" in batch else None
     policy = ScalingPolicy(min_workers=1, max_workers=1, queue_size=1)
-    pool, results = make_pool(recorder, policy)
+    pool, results = make_pool(recorder, policy, scaling=scaling)
     for item in ("a", "bad", "b"):
         pool.dispatch(item)
     assert pool.stop(drain=True, timeout=10) == []
@@ -205,11 +229,12 @@ def test_dispatcher_errors_reject_the_batch_but_never_kill_the_pool() -> None:
     assert isinstance(results.rejected[0].error, RuntimeError)
 
 
-def test_weighted_items_fill_a_batch_up_to_the_limit() -> None:
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_weighted_items_fill_a_batch_up_to_the_limit(scaling: str) -> None:
     recorder = Recorder()
     recorder.gate.clear()
     policy = ScalingPolicy(min_workers=1, max_workers=1, queue_size=10)
-    pool, _ = make_pool(recorder, policy)
+    pool, _ = make_pool(recorder, policy, scaling=scaling)
     pool.dispatch("first", weight=1)
     wait_until(lambda: recorder.concurrent == 1)
     assert pool.offer("w4a", weight=4)
@@ -220,3 +245,37 @@ def test_weighted_items_fill_a_batch_up_to_the_limit() -> None:
     pool.dispatch("w4c", weight=4)
     pool.stop(drain=True, timeout=10)
     assert recorder.batches == [["first"], ["w4a", "w4b"], ["w4c"]]
+
+
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_the_next_batch_is_taken_before_results_are_reported(scaling: str) -> None:
+    # Whoever refills the pool when results arrive must find room: by then the worker has
+    # already taken what waited in its queue.
+    recorder = Recorder()
+    recorder.gate.clear()
+    policy = ScalingPolicy(min_workers=1, max_workers=1, queue_size=8)
+    seen: list[tuple[int, int]] = []
+    pools: list[WorkerPool[Any]] = []
+
+    def on_done(items: Sequence[Any], _rejected: Sequence[Rejected[Any]]) -> None:
+        if items == ["first"]:
+            stats = pools[0].stats()
+            seen.append((stats.backlog, stats.in_process))
+
+    pool: WorkerPool[Any] = WorkerPool(
+        lambda: RecordingDispatcher(recorder),
+        on_done,
+        policy,
+        clock=FakeClock(),
+        limiter=limiter_for(scaling, policy),
+    )
+    pools.append(pool)
+    pool.start()
+    pool.dispatch("first")
+    wait_until(lambda: recorder.concurrent == 1)
+    for i in range(5):
+        pool.dispatch(i)
+    recorder.gate.set()
+    assert pool.stop(drain=True, timeout=20) == []
+    assert seen == [(0, 5)]
+    assert recorder.batches == [["first"], [0, 1, 2, 3, 4]]

@@ -301,8 +301,12 @@ Environment of the sidecar container: one TAGGING_* variable per setting.
   value: {{ include "tagging-sidecar.num" $c.pool.minWorkers | quote }}
 - name: TAGGING_POOL__MAX_WORKERS
   value: {{ include "tagging-sidecar.num" $c.pool.maxWorkers | quote }}
+- name: TAGGING_POOL__SCALING
+  value: {{ $c.pool.scaling | quote }}
 - name: TAGGING_POOL__QUEUE_SIZE
   value: {{ include "tagging-sidecar.num" $c.pool.queueSize | quote }}
+- name: TAGGING_POOL__MAX_BATCH
+  value: {{ include "tagging-sidecar.num" $c.pool.maxBatch | quote }}
 - name: TAGGING_POOL__IDLE_TIMEOUT
   value: {{ include "tagging-sidecar.num" $c.pool.idleTimeout | quote }}
 - name: TAGGING_POOL__ORDERING

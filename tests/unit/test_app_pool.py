@@ -1,0 +1,35 @@
+"""Where the pool is built: `TAGGING_POOL__SCALING` picks the adaptive limit or the seed's rule."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import pytest
+
+from tagging_sidecar.app import Sidecar
+from tagging_sidecar.config import load_settings
+from tagging_sidecar.forward import HavilahClient
+from tagging_sidecar.kafka.outcomes import Outcomes
+from tagging_sidecar.observe.metrics import Metrics
+
+
+def build(monkeypatch: pytest.MonkeyPatch, **env: str) -> Sidecar:
+    monkeypatch.setenv("TAGGING_KAFKA__TOPICS", "tagging")
+    for name, value in env.items():
+        monkeypatch.setenv(f"TAGGING_POOL__{name}", value)
+    return Sidecar(load_settings(), metrics=Metrics(), serve_http=False)
+
+
+def test_the_default_pool_starts_at_one_call_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    sidecar = build(monkeypatch, MAX_WORKERS="8")
+    # The pool is built without touching the client; workers connect only once started.
+    pool = sidecar._pool(cast(HavilahClient, object()), Outcomes())
+    assert pool.limit == 1
+    assert pool.stats().call_limit == 1
+
+
+def test_seed_scaling_keeps_the_backlog_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    sidecar = build(monkeypatch, SCALING="seed", MAX_WORKERS="8")
+    pool = sidecar._pool(cast(HavilahClient, object()), Outcomes())
+    assert pool.limit == 8
+    assert pool.stats().wanted_workers == 1  # the seed's rule at an empty backlog

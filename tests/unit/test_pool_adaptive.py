@@ -1,0 +1,223 @@
+"""The pool under an adaptive call limit: calls in flight, batch size, splitting by key."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tagging_sidecar.pool import LimitChange, Rejected, ScalingPolicy, WorkerPool
+from tagging_sidecar.pool.worker import SPLIT_MIN
+
+from .fakes import FakeClock, wait_until
+
+
+class ScriptedLimit:
+    """A call limit the test sets; it records what the pool fed it."""
+
+    def __init__(self, limit: int, script: Sequence[int] = ()) -> None:
+        self.value = limit
+        self.script = list(script)
+        self.fed: list[tuple[int, int, bool]] = []
+
+    @property
+    def limit(self) -> int:
+        return self.value
+
+    def on_call(
+        self, records: int, seconds: float, failed: bool, in_flight: int, waiting: bool
+    ) -> LimitChange | None:
+        self.fed.append((records, in_flight, failed))
+        if self.script:
+            old, self.value = self.value, self.script.pop(0)
+            return LimitChange(old, self.value, "scripted")
+        return None
+
+
+class Gated:
+    """A dispatcher whose calls block while their batch holds a held item; logs events."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+
+    def before(self) -> None:
+        return None
+
+    def process(self, batch: Sequence[Any]) -> Sequence[Rejected[Any]]:
+        s = self.shared
+        with s.lock:
+            s.concurrent += 1
+            s.checks.append((s.concurrent, s.limit.limit))
+            s.events.append(("start", tuple(batch)))
+        for item in batch:
+            gate = s.gates.get(item)
+            if gate is not None:
+                gate.wait()
+        with s.lock:
+            s.concurrent -= 1
+            s.batches.append(list(batch))
+            s.events.append(("end", tuple(batch)))
+        if any(item in s.failing for item in batch):
+            raise RuntimeError("downstream refused")
+        return []
+
+    def after(self) -> None:
+        return None
+
+
+class Shared:
+    def __init__(self, limit: ScriptedLimit) -> None:
+        self.lock = threading.Lock()
+        self.limit = limit
+        self.gates: dict[Any, threading.Event] = {}
+        self.failing: set[Any] = set()
+        self.concurrent = 0
+        self.checks: list[tuple[int, int]] = []
+        self.batches: list[list[Any]] = []
+        self.events: list[tuple[str, tuple[Any, ...]]] = []
+
+    def hold(self, item: Any) -> threading.Event:
+        self.gates[item] = threading.Event()
+        return self.gates[item]
+
+
+def make(
+    limit: ScriptedLimit, max_workers: int, min_workers: int = 1, max_batch: int = 1000
+) -> tuple[WorkerPool[Any], Shared]:
+    shared = Shared(limit)
+    policy = ScalingPolicy(min_workers=min_workers, max_workers=max_workers, queue_size=8)
+    pool: WorkerPool[Any] = WorkerPool(
+        lambda: Gated(shared),
+        lambda _items, _rejected: None,
+        policy,
+        max_batch=max_batch,
+        clock=FakeClock(),
+        limiter=limit,
+    )
+    pool.start()
+    return pool, shared
+
+
+def test_one_call_carries_everything_waiting_while_the_limit_is_one() -> None:
+    limit = ScriptedLimit(1)
+    pool, shared = make(limit, max_workers=4)
+    held = shared.hold("first")
+    pool.dispatch("first", key="a")
+    wait_until(lambda: pool.stats().calls_in_flight == 1)
+    items = [(f"k{i % 10}", i) for i in range(300)]
+    for item in items:
+        pool.dispatch(item, key=item[0])
+    # The queue of one lane holds a whole batch (not queue_size), and no worker was added.
+    assert pool.stats().active_workers == 1
+    assert pool.stats().backlog == 300
+    held.set()
+    assert pool.stop(drain=True, timeout=20) == []
+    assert shared.batches == [["first"], items]
+    assert max(concurrent for concurrent, _ in shared.checks) == 1
+
+
+def test_a_lane_holds_one_batch_of_max_batch() -> None:
+    limit = ScriptedLimit(1)
+    pool, shared = make(limit, max_workers=2, max_batch=100)
+    held = shared.hold("first")
+    pool.dispatch("first")
+    wait_until(lambda: pool.stats().calls_in_flight == 1)
+    accepted = 0
+    while pool.offer(accepted, weight=1):
+        accepted += 1
+    # In flight at most: one batch in the call and one waiting (limit x max_batch x 2).
+    assert accepted == 100
+    held.set()
+    assert pool.stop(drain=True, timeout=20) == []
+    assert shared.batches == [["first"], list(range(100))]
+
+
+def test_a_raised_limit_splits_the_queue_by_key_and_keeps_key_order() -> None:
+    limit = ScriptedLimit(1)
+    pool, shared = make(limit, max_workers=2)
+    held = shared.hold("hold")
+    pool.dispatch("hold", key="h")
+    wait_until(lambda: pool.stats().calls_in_flight == 1)
+    items = [(f"k{i % 10}", i) for i in range(200)]
+    for item in items:
+        pool.dispatch(item, key=item[0])
+    assert pool.stats().active_workers == 1
+    limit.value = 2
+    pool.dispatch("z", key="z")  # starts a second worker, which takes "z" and goes idle
+    wait_until(lambda: ["z"] in shared.batches and pool.stats().calls_in_flight == 1)
+    assert pool.stats().active_workers == 2
+    held.set()
+    assert pool.stop(drain=True, timeout=20) == []
+    assert shared.batches[:2] == [["z"], ["hold"]]
+    split = shared.batches[2:]
+    assert len(split) == 2
+    keys = [{key for key, _ in batch} for batch in split]
+    assert not keys[0] & keys[1]  # each key went whole to one worker
+    assert sorted(len(batch) for batch in split) == [100, 100]
+    assert sorted(item for batch in split for item in batch) == sorted(items)
+    for batch in split:
+        for key in {key for key, _ in batch}:
+            assert [i for k, i in batch if k == key] == [i for k, i in items if k == key]
+
+
+def test_no_new_call_starts_until_calls_in_flight_fall_below_a_lowered_limit() -> None:
+    limit = ScriptedLimit(3, script=[1])  # the first finished call lowers the limit to one
+    pool, shared = make(limit, max_workers=3, min_workers=3)
+    gates = {name: shared.hold(name) for name in ("a", "b", "c")}
+    for name in ("a", "b", "c"):
+        pool.dispatch(name, key=name)
+    wait_until(lambda: pool.stats().calls_in_flight == 3)
+    pool.dispatch("d", key="a")
+    pool.dispatch("e", key="b")
+    gates["a"].set()
+    wait_until(lambda: limit.value == 1 and pool.stats().calls_in_flight == 2)
+    gates["b"].set()
+    wait_until(lambda: ("end", ("b",)) in shared.events)
+    gates["c"].set()
+    assert pool.stop(drain=True, timeout=20) == []
+    ends_of_c = shared.events.index(("end", ("c",)))
+    starts = [i for i, (kind, _) in enumerate(shared.events) if kind == "start"]
+    # After the limit fell to one, the next call waited for both b and c to finish.
+    assert all(i > ends_of_c for i in starts[3:])
+    assert len(starts) == 5
+    assert max(concurrent for concurrent, _ in shared.checks[3:]) == 1
+
+
+def test_failed_calls_are_fed_to_the_limit() -> None:
+    limit = ScriptedLimit(1)
+    pool, shared = make(limit, max_workers=2)
+    shared.failing.add("bad")
+    for item in ("good", "bad", "fine"):
+        pool.dispatch(item)
+        wait_until(lambda: pool.stats().in_process == 0 and pool.stats().backlog == 0)
+    pool.stop(drain=True, timeout=20)
+    assert [failed for _, _, failed in limit.fed] == [False, True, False]
+    assert all(in_flight == 1 for _, in_flight, _ in limit.fed)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    script=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=40),
+    keys=st.integers(min_value=1, max_value=12),
+    items=st.integers(min_value=1, max_value=400),
+)
+def test_calls_in_flight_never_exceed_a_rising_limit(
+    script: list[int], keys: int, items: int
+) -> None:
+    # A limit that only rises: every call that started did so below the limit of its time,
+    # so at any moment the calls in flight are at most the limit now.
+    rising = sorted(script)
+    limit = ScriptedLimit(rising[0], script=rising[1:])
+    pool, shared = make(limit, max_workers=6, max_batch=SPLIT_MIN * 2)
+    sent = [(i % keys, i) for i in range(items)]
+    for item in sent:
+        pool.dispatch(item, key=item[0], timeout=20)
+    assert pool.stop(drain=True, timeout=20) == []
+    assert all(concurrent <= allowed for concurrent, allowed in shared.checks)
+    delivered = [item for batch in shared.batches for item in batch]
+    assert sorted(delivered) == sorted(sent)
+    for key in range(keys):
+        assert [i for k, i in delivered if k == key] == [i for k, i in sent if k == key]
