@@ -71,3 +71,41 @@ def test_the_go_sink_reports_serving_on_the_grpc_health_service() -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_http2_transport_delivers_large_and_concurrent_calls_to_the_go_sink() -> None:
+    require_go()
+    from concurrent import futures
+
+    from tagging_sidecar.forward.h2transport import H2Transport
+    from tagging_sidecar.forward.havilah import SINGLE_METHOD
+
+    run = uuid.uuid4().hex[:8]
+    # One call of ~12 MB (far beyond the flow-control windows), then 32 calls from 8 threads.
+    big = [encode(make_record(run, i, 4000), InputFormat.PROTOBUF) for i in range(3000)]
+    small = [_payloads(f"{run}c{n}", 250) for n in range(32)]
+    with GoSink(per_record=0.00001) as sink:
+        with H2Transport(GrpcSettings(target=sink.target)) as transport:
+            assert transport.stream(SINGLE_METHOD, big, 60).received == 3000
+            with futures.ThreadPoolExecutor(max_workers=8) as pool:
+                answers = list(pool.map(lambda b: transport.stream(SINGLE_METHOD, b, 60), small))
+        assert [a.received for a in answers] == [250] * 32
+        stats = sink.stats()
+        assert stats["single_calls"] == 33
+        assert stats["records"] == stats["unique_ids"] == 3000 + 32 * 250
+
+
+def test_the_http2_transport_gets_unimplemented_for_the_batch_method_of_a_single_only_sink() -> (
+    None
+):
+    require_go()
+    import grpc
+
+    from tagging_sidecar.forward.h2transport import H2CallError, H2Transport
+    from tagging_sidecar.forward.havilah import BATCH_METHOD
+
+    with GoSink(single_only=True) as sink, H2Transport(GrpcSettings(target=sink.target)) as t:
+        with pytest.raises(H2CallError) as caught:
+            t.stream(BATCH_METHOD, [b""], 10)
+        assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert "not implemented" in caught.value.details()
