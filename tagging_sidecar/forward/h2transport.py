@@ -76,6 +76,10 @@ _HTTP_STATUS = {
 }
 
 _MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+#: how long a new connection (TCP and TLS) may take
+_CONNECT_SECONDS = 20.0
+#: how long the server has to answer a PING sent after a call ran out of time
+_PROBE_SECONDS = 10.0
 _USER_AGENT = f"tagging-sidecar/{__version__} grpc-h2"
 
 
@@ -187,6 +191,7 @@ class _Connection(asyncio.Protocol):
         self.error = ""
         self._changed: asyncio.Future[None] = loop.create_future()
         self._writable: asyncio.Future[None] | None = None
+        self._probe: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
 
@@ -275,6 +280,9 @@ class _Connection(asyncio.Protocol):
             self._wake()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._wake()
+        elif isinstance(event, h2.events.PingAckReceived) and self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, self._loop.create_future()
@@ -313,10 +321,33 @@ class _Connection(asyncio.Protocol):
             self.close()
         self._wake()
 
+    def probe(self, seconds: float) -> None:
+        """Send a PING; without its answer within ``seconds`` the connection counts as dead.
+
+        A call that ran out of time says nothing of the connection; a silent peer (a network
+        partition, a frozen server) would otherwise keep every later call waiting until its
+        deadline too, and the connection would never be replaced.
+        """
+        if self._probe is not None or self.closing:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.ping(b"tgsc-liv")
+            self.flush()
+            self._probe = self._loop.call_later(seconds, self._silent, seconds)
+
+    def _silent(self, seconds: float) -> None:
+        self._probe = None
+        self.lost(f"no answer to a PING within {seconds:g} s")
+        if self.transport is not None:
+            self.transport.abort()
+
     def lost(self, reason: str) -> None:
         """The connection is unusable: fail its open calls with UNAVAILABLE."""
         self.closing = True
         self.error = self.error or reason
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         for call in list(self.calls.values()):
             call.fail(grpc.StatusCode.UNAVAILABLE, reason)
         self._wake()
@@ -339,8 +370,9 @@ class H2Transport:
     channel the sidecar keeps beside it (see :class:`SplitTransport`).
     """
 
-    def __init__(self, settings: GrpcSettings) -> None:
+    def __init__(self, settings: GrpcSettings, probe_seconds: float = _PROBE_SECONDS) -> None:
         self._settings = settings
+        self._probe_seconds = probe_seconds
         self._host, self._port = parse_target(settings.target)
         self._authority = settings.target.split("///")[-1].removeprefix("dns:")
         self._ssl = self._ssl_context(settings)
@@ -407,14 +439,15 @@ class H2Transport:
         if self._closed:
             raise H2CallError(grpc.StatusCode.CANCELLED, "the transport is closed")
         try:
-            _, connection = await self._loop.create_connection(
-                lambda: _Connection(self._loop),
-                self._host,
-                self._port,
-                ssl=self._ssl,
-                server_hostname=self._host if self._ssl else None,
-            )
-        except (OSError, ssl.SSLError) as exc:
+            async with asyncio.timeout(_CONNECT_SECONDS):
+                _, connection = await self._loop.create_connection(
+                    lambda: _Connection(self._loop),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
             raise H2CallError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot connect to {self._settings.target}: {exc}",
@@ -490,23 +523,31 @@ class H2Transport:
             connection.flush()
 
     async def _call(self, method: str, body: bytes, timeout: float) -> StreamMetricResponse:
-        async with asyncio.timeout(timeout):
-            connection = await self._connect()
-            stream_id = await self._stream_id(connection, method, timeout)
-            call = _Call(stream_id, self._loop.create_future())
-            connection.calls[stream_id] = call
-            try:
+        connection: _Connection | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                connection = await self._connect()
+                stream_id = await self._stream_id(connection, method, timeout)
+                call = _Call(stream_id, self._loop.create_future())
+                connection.calls[stream_id] = call
                 try:
-                    await self._send_body(connection, call, body)
-                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                    # The stream closed while sending: its status, if any, tells why.
-                    if not call.done.done():
-                        call.fail(grpc.StatusCode.UNAVAILABLE, connection.error or "stream closed")
-                await call.done
-            finally:
-                del connection.calls[stream_id]
-                # Given up on, or answered before we sent everything: free the stream.
-                connection.release(stream_id)
+                    try:
+                        await self._send_body(connection, call, body)
+                    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                        # The stream closed while sending: its status, if any, tells why.
+                        if not call.done.done():
+                            call.fail(
+                                grpc.StatusCode.UNAVAILABLE, connection.error or "stream closed"
+                            )
+                    await call.done
+                finally:
+                    del connection.calls[stream_id]
+                    # Given up on, or answered before we sent everything: free the stream.
+                    connection.release(stream_id)
+        except TimeoutError:
+            if connection is not None:
+                connection.probe(self._probe_seconds)
+            raise
         return self._response(call)
 
     @staticmethod

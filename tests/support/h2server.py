@@ -53,6 +53,8 @@ class _Protocol(asyncio.Protocol):
         )
         self.transport: asyncio.Transport | None = None
         self.requests: dict[int, Request] = {}
+        #: a frozen connection reads nothing and answers nothing, PINGs included
+        self.frozen = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -67,6 +69,8 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
+        if self.frozen:
+            return
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
                 headers = {str(k): str(v) for k, v in event.headers or []}

@@ -32,7 +32,7 @@ from tagging_sidecar.sink import SinkServer
 from tagging_sidecar.sink.server import Faults, ServerTls
 
 from ..support.certs import make_ca
-from ..support.h2server import Request, ScriptedServer, _Protocol
+from ..support.h2server import Request, ScriptedServer, _Protocol, ok
 from ..support.harness import free_port
 from ..support.servers import (
     AbortHalfwayServer,
@@ -463,8 +463,6 @@ def test_goaway_fails_unprocessed_calls_as_unavailable_and_the_next_call_reconne
             proto.conn.close_connection(last_stream_id=0)
         else:
             answered.append(stream_id)
-            from ..support.h2server import ok
-
             ok(server, proto, stream_id, req)
 
     with ScriptedServer(behaviour) as server:
@@ -490,6 +488,36 @@ def test_a_connection_dropped_mid_call_is_unavailable_never_a_hang(
         with pytest.raises(H2CallError) as caught:
             transport.stream(SINGLE_METHOD, _payloads(2), 30)
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_silent_connection_is_replaced_after_a_call_runs_out_of_time(
+    transports: list[H2Transport],
+) -> None:
+    def behaviour(server: ScriptedServer, proto: _Protocol, stream_id: int, req: Request) -> None:
+        if server.connections == 1:
+            proto.frozen = True  # like a partitioned peer: no answer, no PING ack, no FIN
+        else:
+            ok(server, proto, stream_id, req)
+
+    with ScriptedServer(behaviour) as server:
+        transport = H2Transport(_settings(server.target), probe_seconds=0.2)
+        transports.append(transport)
+        with pytest.raises(H2CallError) as caught:
+            transport.stream(SINGLE_METHOD, _payloads(2), 0.3)
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        # Calls fail (UNAVAILABLE once the unanswered PING condemns the connection, or their
+        # own deadline before that) until one goes over a new connection.
+        answered = None
+        failures: list[grpc.StatusCode] = []
+        for _ in range(50):
+            try:
+                answered = transport.stream(SINGLE_METHOD, _payloads(2), 0.3)
+                break
+            except H2CallError as exc:
+                failures.append(exc.code())
+        assert set(failures) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}
+        assert answered is not None and answered.received == 2
+        assert server.connections == 2
 
 
 def test_a_closed_transport_refuses_calls_as_cancelled() -> None:
