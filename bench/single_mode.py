@@ -14,6 +14,8 @@ Paths:
 * ``grpclib``: the pure-Python grpclib, one ``send_message`` per record;
 * ``h2``: the sidecar's HTTP/2 transport (``H2Transport``): every message of the call framed
   with its 5-byte gRPC prefix and handed to HTTP/2 as one DATA write;
+* ``client-grpcio``, ``client-h2``: the sidecar's whole client (``HavilahClient.deliver``) in
+  single mode with ``single_transport`` set to ``grpcio`` (the aio path) or ``h2``;
 * ``batch``: grpc.aio ``StreamMetricBatch``, the records in one ``TaggingBatch`` message.
 
 Run ``python bench/single_mode.py`` (needs the ``go`` executable); ``-h`` for options.
@@ -213,12 +215,31 @@ def h2_sender(target: str) -> tuple[Sender, Callable[[], None]]:
     return send, transport.close
 
 
+def client_sender(target: str, single_transport: str) -> tuple[Sender, Callable[[], None]]:
+    """The sidecar's whole forwarding client (``HavilahClient.deliver``) in single mode."""
+    from tagging_sidecar.config import GrpcSettings
+    from tagging_sidecar.forward import connect
+
+    settings = GrpcSettings.model_validate(
+        {"target": target, "mode": "single", "single_transport": single_transport}
+    )
+    client = connect(settings)
+
+    def send(messages: list[bytes]) -> int:
+        rejected = client.deliver(messages)
+        return len(messages) - len(rejected)
+
+    return send, client.close
+
+
 PATHS: dict[str, Callable[[str], tuple[Sender, Callable[[], None]]]] = {
     "aio": aio_sender,
     "aio-agen": lambda target: aio_sender(target, agen=True),
     "sync": sync_sender,
     "grpclib": grpclib_sender,
     "h2": h2_sender,
+    "client-grpcio": lambda target: client_sender(target, "grpcio"),
+    "client-h2": lambda target: client_sender(target, "h2"),
     "batch": batch_sender,
 }
 
