@@ -76,6 +76,7 @@ _HTTP_STATUS = {
 }
 
 _MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+_GOAWAY = 0x7
 #: how long a new connection (TCP and TLS) may take
 _CONNECT_SECONDS = 20.0
 #: how long the server has to answer a PING sent after a call ran out of time
@@ -192,6 +193,7 @@ class _Connection(asyncio.Protocol):
         self._changed: asyncio.Future[None] = loop.create_future()
         self._writable: asyncio.Future[None] | None = None
         self._probe: asyncio.TimerHandle | None = None
+        self._inbox = b""
 
     # asyncio.Protocol
 
@@ -208,10 +210,50 @@ class _Connection(asyncio.Protocol):
         self.h2.initiate_connection()
         self.flush()
 
+    def _without_goaway(self, data: bytes) -> bytes:
+        """The complete frames received so far, less any GOAWAY, which is handled here.
+
+        h2 closes its whole connection state on GOAWAY and then refuses every later frame, but
+        a graceful GOAWAY (a server rotating its connections, as grpc servers do with a maximum
+        connection age) lets the streams it already took finish: their DATA, trailers and
+        WINDOW_UPDATEs still come. So GOAWAY frames are taken out before h2 sees them.
+        """
+        inbox = self._inbox + data if self._inbox else data
+        keep: list[bytes] = []
+        start = position = 0
+        while len(inbox) - position >= 9:
+            end = position + 9 + int.from_bytes(inbox[position : position + 3], "big")
+            if end > len(inbox):
+                break
+            if inbox[position + 3] == _GOAWAY:
+                keep.append(inbox[start:position])
+                self._goaway(inbox[position + 9 : end])
+                start = end
+            position = end
+        keep.append(inbox[start:position])
+        self._inbox = inbox[position:]
+        return b"".join(keep)
+
+    def _goaway(self, payload: bytes) -> None:
+        last = int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF
+        number = int.from_bytes(payload[4:8], "big")
+        try:
+            error = h2.errors.ErrorCodes(number).name
+        except ValueError:
+            error = str(number)
+        self.closing = True
+        self.error = f"GOAWAY from the server ({error})"
+        for stream_id, call in list(self.calls.items()):
+            # Streams above last_stream_id were never processed: safe to send again. The
+            # others go on until their status, or until the server closes the socket.
+            if stream_id > last:
+                call.fail(grpc.StatusCode.UNAVAILABLE, self.error)
+        self._wake()
+
     def data_received(self, data: bytes) -> None:
         """Feed the bytes to h2 and act on the events they make."""
         try:
-            events = self.h2.receive_data(data)
+            events = self.h2.receive_data(self._without_goaway(data))
         except h2.exceptions.ProtocolError as exc:
             self.flush()
             self.lost(f"HTTP/2 protocol error from the server: {type(exc).__name__}")
@@ -268,16 +310,6 @@ class _Connection(asyncio.Protocol):
                 code = _RESET_STATUS.get(event.error_code or 0, grpc.StatusCode.INTERNAL)
                 call.fail(code, f"stream reset by the server ({event.error_code!s})")
             self._wake()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.closing = True
-            last = event.last_stream_id or 0
-            self.error = f"GOAWAY from the server ({event.error_code!s})"
-            for stream_id, call in list(self.calls.items()):
-                # Streams above last_stream_id were never processed: safe to send again. The
-                # others go on until their status, or until the server closes the socket.
-                if stream_id > last:
-                    call.fail(grpc.StatusCode.UNAVAILABLE, self.error)
-            self._wake()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._wake()
         elif isinstance(event, h2.events.PingAckReceived) and self._probe is not None:
@@ -315,7 +347,7 @@ class _Connection(asyncio.Protocol):
     def release(self, stream_id: int) -> None:
         """A call is over: reset its stream unless closed, and let waiting calls have it."""
         stream = self.h2.streams.get(stream_id)
-        if stream is not None and not stream.closed and not self.closing:
+        if stream is not None and not stream.closed:
             self.reset(stream_id)
         if self.closing and not self.calls:
             self.close()
@@ -384,6 +416,8 @@ class H2Transport:
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._connections: set[_Connection] = set()
+        #: connections opened so far (for tests and diagnostics)
+        self.connections_opened = 0
         self._closed = False
 
     @staticmethod
@@ -424,6 +458,7 @@ class H2Transport:
             connecting.set_exception(exc)
         else:
             self._connection = opener.result()
+            self.connections_opened += 1
             self._connections.add(self._connection)
             connecting.set_result(self._connection)
         if not connecting.cancelled():

@@ -476,6 +476,36 @@ def test_goaway_fails_unprocessed_calls_as_unavailable_and_the_next_call_reconne
         assert answered == [1]
 
 
+def test_calls_in_flight_finish_when_the_server_rotates_its_connection(
+    transports: list[H2Transport],
+) -> None:
+    # A grpc server with a maximum connection age sends a graceful GOAWAY every 200 ms and lets
+    # the calls it took finish: none of them may fail for it.
+    class AgedServer(HavilahServer):
+        def __init__(self) -> None:
+            super().__init__()
+            self._server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=8),
+                options=[
+                    ("grpc.max_connection_age_ms", 200),
+                    ("grpc.max_connection_age_grace_ms", 10_000),
+                ],
+            )
+            from tagging_sidecar.contract.tagging.v1 import tagging_pb2_grpc
+
+            tagging_pb2_grpc.add_HavilahServicer_to_server(self, self._server)
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
+
+    payloads = _payloads(2000)
+    with AgedServer() as server:
+        transport = _transport(transports, server.target)
+        calls = 0
+        while transport.connections_opened < 3 and calls < 500:
+            assert transport.stream(SINGLE_METHOD, payloads, 10).received == 2000
+            calls += 1
+        assert transport.connections_opened >= 3
+
+
 def test_a_connection_dropped_mid_call_is_unavailable_never_a_hang(
     transports: list[H2Transport],
 ) -> None:
