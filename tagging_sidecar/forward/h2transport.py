@@ -34,7 +34,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 import h2.config
@@ -48,6 +48,11 @@ from tagging_sidecar import __version__
 from tagging_sidecar.config import GrpcSettings
 from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
 from tagging_sidecar.forward.transport import cancel_pending_tasks
+
+if TYPE_CHECKING:
+    from grpc import aio
+
+    from tagging_sidecar.forward.havilah import Transport
 
 __all__ = ["H2CallError", "H2Transport", "parse_target"]
 
@@ -169,12 +174,13 @@ class _Call:
             self.done.set_result(None)
 
 
+def _text(value: bytes | str) -> str:
+    # A header that is not UTF-8 must not break the event loop: it only makes a status unclear.
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _headers(pairs: Any) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in pairs:
-        key = name.decode() if isinstance(name, bytes) else name
-        out[key] = value.decode() if isinstance(value, bytes) else value
-    return out
+    return {_text(name): _text(value) for name, value in pairs}
 
 
 class _Connection(asyncio.Protocol):
@@ -683,7 +689,7 @@ class SplitTransport:
     """
 
     def __init__(
-        self, h2_transport: H2Transport, fallback: Any, h2_methods: tuple[str, ...]
+        self, h2_transport: H2Transport, fallback: Transport, h2_methods: tuple[str, ...]
     ) -> None:
         self._h2 = h2_transport
         self._fallback = fallback
@@ -693,15 +699,13 @@ class SplitTransport:
         """One client-streaming call on whichever transport serves ``method``."""
         if method in self._h2_methods:
             return self._h2.stream(method, messages, timeout)
-        response: StreamMetricResponse = self._fallback.stream(method, messages, timeout)
-        return response
+        return self._fallback.stream(method, messages, timeout)
 
     def wait_ready(self, timeout: float) -> bool:
         """Whether the grpcio channel became ready within ``timeout`` seconds."""
-        ready: bool = self._fallback.wait_ready(timeout)
-        return ready
+        return self._fallback.wait_ready(timeout)
 
-    def background(self, work: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
+    def background(self, work: Callable[[aio.Channel], Coroutine[Any, Any, None]]) -> None:
         """Run ``work(channel)`` on the grpcio channel's loop."""
         self._fallback.background(work)
 
