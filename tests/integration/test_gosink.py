@@ -109,3 +109,28 @@ def test_the_http2_transport_gets_unimplemented_for_the_batch_method_of_a_single
             t.stream(BATCH_METHOD, [b""], 10)
         assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
         assert "not implemented" in caught.value.details()
+
+
+def test_the_http2_transport_gets_the_go_sinks_statuses_and_its_own_deadline() -> None:
+    require_go()
+    import grpc
+
+    from tagging_sidecar.forward.h2transport import H2CallError, H2Transport
+    from tagging_sidecar.forward.havilah import SINGLE_METHOD
+
+    run = uuid.uuid4().hex[:8]
+    # 5 ms per record: a call of 2,000 records takes 10 s, far past a 0.3 s deadline (the sink
+    # counts that call only once its time is spent, long after this test has looked).
+    with GoSink(per_record=0.005) as sink, H2Transport(GrpcSettings(target=sink.target)) as t:
+        with pytest.raises(H2CallError) as late:
+            t.stream(SINGLE_METHOD, _payloads(run, 2000), 0.3)
+        assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        # Bytes that are not a Tagging: the server's INVALID_ARGUMENT, with its message.
+        with pytest.raises(H2CallError) as bad:
+            t.stream(SINGLE_METHOD, [b"\x0a\xff"], 10)
+        assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed" in bad.value.details()
+        # The connection survived both.
+        assert t.stream(SINGLE_METHOD, _payloads(run, 10), 10).received == 10
+        assert t.connections_opened == 1
+        assert sink.stats()["records"] == 10
