@@ -86,6 +86,8 @@ _GOAWAY = 0x7
 _CONNECT_SECONDS = 20.0
 #: how long the server has to answer a PING sent after a call ran out of time
 _PROBE_SECONDS = 10.0
+#: the shortest time between two such PINGs on one connection
+_PROBE_INTERVAL = 60.0
 _USER_AGENT = f"tagging-sidecar/{__version__} grpc-h2"
 
 
@@ -199,6 +201,7 @@ class _Connection(asyncio.Protocol):
         self._changed: asyncio.Future[None] = loop.create_future()
         self._writable: asyncio.Future[None] | None = None
         self._probe: asyncio.TimerHandle | None = None
+        self._probed_at = -float("inf")
         self._inbox = b""
 
     # asyncio.Protocol
@@ -359,15 +362,21 @@ class _Connection(asyncio.Protocol):
             self.close()
         self._wake()
 
-    def probe(self, seconds: float) -> None:
+    def probe(self, seconds: float, interval: float) -> None:
         """Send a PING; without its answer within ``seconds`` the connection counts as dead.
 
         A call that ran out of time says nothing of the connection; a silent peer (a network
         partition, a frozen server) would otherwise keep every later call waiting until its
         deadline too, and the connection would never be replaced.
         """
-        if self._probe is not None or self.closing:
+        # grpc servers count PINGs that come closer than their keepalive policy allows (five
+        # minutes by default) while they send nothing, and close the connection after a few:
+        # a server that hangs calls must not make us look abusive, hence at most one per
+        # ``interval``.
+        now = self._loop.time()
+        if self._probe is not None or self.closing or now - self._probed_at < interval:
             return
+        self._probed_at = now
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.ping(b"tgsc-liv")
             self.flush()
@@ -408,9 +417,15 @@ class H2Transport:
     channel the sidecar keeps beside it (see :class:`SplitTransport`).
     """
 
-    def __init__(self, settings: GrpcSettings, probe_seconds: float = _PROBE_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: GrpcSettings,
+        probe_seconds: float = _PROBE_SECONDS,
+        probe_interval: float = _PROBE_INTERVAL,
+    ) -> None:
         self._settings = settings
         self._probe_seconds = probe_seconds
+        self._probe_interval = probe_interval
         self._host, self._port = parse_target(settings.target)
         self._authority = settings.target.split("///")[-1].removeprefix("dns:")
         self._ssl = self._ssl_context(settings)
@@ -587,7 +602,7 @@ class H2Transport:
                     connection.release(stream_id)
         except TimeoutError:
             if connection is not None:
-                connection.probe(self._probe_seconds)
+                connection.probe(self._probe_seconds, self._probe_interval)
             raise
         return self._response(call)
 

@@ -134,3 +134,26 @@ def test_the_http2_transport_gets_the_go_sinks_statuses_and_its_own_deadline() -
         assert t.stream(SINGLE_METHOD, _payloads(run, 10), 10).received == 10
         assert t.connections_opened == 1
         assert sink.stats()["records"] == 10
+
+
+@pytest.mark.parametrize(("interval", "connections"), [(0.0, 2), (60.0, 1)])
+def test_pings_after_deadlines_stay_within_the_go_servers_keepalive_policy(
+    interval: float, connections: int
+) -> None:
+    # grpc-go closes a connection (GOAWAY "too_many_pings") after a few PINGs closer together
+    # than its policy allows while it sends nothing; the PING sent after a call ran out of time
+    # is limited to one a minute so that a server that hangs calls keeps its connection. With
+    # no limit (interval 0) the same calls cost the connection: that shows the limit matters.
+    require_go()
+    from tagging_sidecar.forward.h2transport import H2CallError, H2Transport
+    from tagging_sidecar.forward.havilah import SINGLE_METHOD
+
+    payloads = _payloads(uuid.uuid4().hex[:8], 200)
+    with (
+        GoSink(per_record=0.05) as sink,
+        H2Transport(GrpcSettings(target=sink.target), probe_interval=interval) as transport,
+    ):
+        for _ in range(6):
+            with pytest.raises(H2CallError):
+                transport.stream(SINGLE_METHOD, payloads, 0.2)
+        assert transport.connections_opened == connections
