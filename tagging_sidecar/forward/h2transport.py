@@ -203,6 +203,7 @@ class _Connection(asyncio.Protocol):
         self._probe: asyncio.TimerHandle | None = None
         self._probed_at = -float("inf")
         self._inbox = b""
+        self._settled = False
 
     # asyncio.Protocol
 
@@ -320,6 +321,8 @@ class _Connection(asyncio.Protocol):
                 call.fail(code, f"stream reset by the server ({event.error_code!s})")
             self._wake()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                self._settled = True
             self._wake()
         elif isinstance(event, h2.events.PingAckReceived) and self._probe is not None:
             self._probe.cancel()
@@ -331,6 +334,11 @@ class _Connection(asyncio.Protocol):
             changed.set_result(None)
 
     # helpers for the calls
+
+    async def settled(self) -> None:
+        """Wait for the server's first SETTINGS, or for the connection to end."""
+        while not self._settled and not self.closing:
+            await self.changed()
 
     async def changed(self) -> None:
         """Wait until a window opens, a stream closes, or the connection changes."""
@@ -518,6 +526,19 @@ class H2Transport:
                     grpc.StatusCode.UNAVAILABLE,
                     f"{self._settings.target} did not agree to HTTP/2 (ALPN {protocol!r})",
                 )
+        # The server's SETTINGS (its stream limit, frame size, windows) before the first call,
+        # so that a burst of calls does not open more streams than it allows.
+        try:
+            async with asyncio.timeout(_CONNECT_SECONDS):
+                await connection.settled()
+        except TimeoutError:
+            connection.close()
+            raise H2CallError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self._settings.target} sent no HTTP/2 SETTINGS within {_CONNECT_SECONDS:g} s",
+            ) from None
+        if connection.closing:
+            raise H2CallError(grpc.StatusCode.UNAVAILABLE, connection.error)
         return connection
 
     # one call
@@ -534,22 +555,25 @@ class H2Transport:
             ("grpc-timeout", _grpc_timeout(timeout)),
         ]
 
-    async def _stream_id(self, connection: _Connection, method: str, timeout: float) -> int:
-        """Open a stream once the server's concurrent-stream limit leaves room for one."""
+    async def _stream_id(self, connection: _Connection, method: str, timeout: float) -> int | None:
+        """Open a stream once the server's concurrent-stream limit leaves room for one.
+
+        None when the connection stopped taking new streams meanwhile (GOAWAY, lost, or out of
+        stream ids): the call then goes to a new connection.
+        """
         h2conn = connection.h2
         while True:
             if connection.closing:
-                raise H2CallError(grpc.StatusCode.UNAVAILABLE, connection.error)
+                return None
             if h2conn.open_outbound_streams < h2conn.remote_settings.max_concurrent_streams:
                 break
             await connection.changed()
         try:
             stream_id = h2conn.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError:
-            # Every stream id of this connection is used: the next call gets a new one.
             connection.closing = True
             connection.error = "stream ids used up"
-            raise H2CallError(grpc.StatusCode.UNAVAILABLE, "stream ids used up") from None
+            return None
         h2conn.send_headers(stream_id, self._request_headers(method, timeout))
         return stream_id
 
@@ -582,8 +606,11 @@ class H2Transport:
         connection: _Connection | None = None
         try:
             async with asyncio.timeout(timeout):
-                connection = await self._connect()
-                stream_id = await self._stream_id(connection, method, timeout)
+                while True:
+                    connection = await self._connect()
+                    stream_id = await self._stream_id(connection, method, timeout)
+                    if stream_id is not None:
+                        break
                 call = _Call(stream_id, self._loop.create_future())
                 connection.calls[stream_id] = call
                 try:
