@@ -452,6 +452,28 @@ def test_an_http_error_without_a_grpc_status_maps_to_the_grpc_status(
         assert caught.value.code() is code
 
 
+def test_a_trailers_only_response_carries_the_status_in_its_headers(
+    transports: list[H2Transport],
+) -> None:
+    def behaviour(_: ScriptedServer, proto: _Protocol, stream_id: int, __: Request) -> None:
+        proto.conn.send_headers(
+            stream_id,
+            [
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("grpc-status", "9"),
+                ("grpc-message", "quota%20of%20%22eu%22%20used%3A%20100%25"),
+            ],
+            end_stream=True,
+        )
+
+    with ScriptedServer(behaviour) as server:
+        with pytest.raises(H2CallError) as caught:
+            _transport(transports, server.target).stream(SINGLE_METHOD, _payloads(2), 5)
+        assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.details() == 'quota of "eu" used: 100%'
+
+
 def test_goaway_fails_unprocessed_calls_as_unavailable_and_the_next_call_reconnects(
     transports: list[H2Transport],
 ) -> None:
