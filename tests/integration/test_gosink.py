@@ -157,3 +157,23 @@ def test_pings_after_deadlines_stay_within_the_go_servers_keepalive_policy(
             with pytest.raises(H2CallError):
                 transport.stream(SINGLE_METHOD, payloads, 0.2)
         assert transport.connections_opened == connections
+
+
+def test_the_go_sinks_own_tests_pass_and_its_sources_are_gofmt_clean() -> None:
+    require_go()
+    import shutil
+    import subprocess
+
+    from ..support.gosink import SOURCE
+
+    go = shutil.which("go")
+    assert go is not None
+    tested = subprocess.run(
+        [go, "test", "./..."], cwd=SOURCE, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    gofmt = shutil.which("gofmt") or str(Path(go).with_name("gofmt"))
+    unformatted = subprocess.run(
+        [gofmt, "-l", "."], cwd=SOURCE, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert unformatted.stdout == ""
