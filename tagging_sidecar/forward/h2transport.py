@@ -204,6 +204,8 @@ class _Connection(asyncio.Protocol):
         self._probed_at = -float("inf")
         self._inbox = b""
         self._settled = False
+        #: done once the socket is closed
+        self.gone: asyncio.Future[None] = loop.create_future()
 
     # asyncio.Protocol
 
@@ -277,6 +279,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail every call still open: the server will not answer them now."""
         self.lost("connection lost" + (f": {exc}" if exc else ""))
+        if not self.gone.done():
+            self.gone.set_result(None)
 
     def pause_writing(self) -> None:
         """The socket's buffer is full: senders wait until it drains."""
@@ -488,7 +492,6 @@ class H2Transport:
         else:
             self._connection = opener.result()
             self.connections_opened += 1
-            self._connections.add(self._connection)
             connecting.set_result(self._connection)
         if not connecting.cancelled():
             # Marks the error as seen: nobody may be waiting any more (their deadlines ended).
@@ -499,7 +502,6 @@ class H2Transport:
         # A connection that got GOAWAY keeps serving its calls; once they are done it goes.
         for old in [c for c in self._connections if c.closing and not c.calls]:
             old.close()
-            self._connections.discard(old)
         if self._closed:
             raise H2CallError(grpc.StatusCode.CANCELLED, "the transport is closed")
         try:
@@ -516,6 +518,9 @@ class H2Transport:
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot connect to {self._settings.target}: {exc}",
             ) from None
+        # Tracked until its socket is closed, so that close() can wait for every one.
+        self._connections.add(connection)
+        connection.gone.add_done_callback(lambda _: self._connections.discard(connection))
         if self._ssl is not None:
             transport = connection.transport
             ssl_object = transport.get_extra_info("ssl_object") if transport else None
@@ -694,10 +699,19 @@ class H2Transport:
         self._closed = True
 
         async def shut() -> None:
-            for connection in self._connections:
+            connections = list(self._connections)
+            for connection in connections:
                 for call in list(connection.calls.values()):
                     call.fail(grpc.StatusCode.CANCELLED, "the transport is closing")
                 connection.close()
+            # TLS says goodbye before the socket closes; give it a moment, then cut it short.
+            gone = [c.gone for c in connections if not c.gone.done()]
+            if gone:
+                await asyncio.wait(gone, timeout=1.0)
+            for connection in connections:
+                if not connection.gone.done() and connection.transport is not None:
+                    connection.transport.abort()
+            await asyncio.sleep(0)  # abort closes the socket on the next loop turn
 
         try:
             if self._thread.is_alive():
