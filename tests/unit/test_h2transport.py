@@ -572,6 +572,18 @@ def test_a_silent_connection_is_replaced_after_a_call_runs_out_of_time(
         assert server.connections == 2
 
 
+def test_the_connection_has_tcp_keepalive_on(transports: list[H2Transport]) -> None:
+    import socket
+
+    with ScriptedServer() as server:
+        transport = _transport(transports, server.target)
+        assert transport.stream(SINGLE_METHOD, _payloads(1), 5).received == 1
+        connection = transport._connection
+        assert connection is not None and connection.transport is not None
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
 def test_a_closed_transport_refuses_calls_as_cancelled() -> None:
     with ScriptedServer() as server:
         transport = H2Transport(_settings(server.target))
