@@ -19,6 +19,8 @@ import h2.connection
 import h2.errors
 import h2.events
 
+from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
+
 
 @dataclass
 class Request:
@@ -39,7 +41,7 @@ def ok(server: ScriptedServer, proto: _Protocol, stream_id: int, request: Reques
         size = int.from_bytes(body[1:5], "big")
         body = body[5 + size :]
         count += 1
-    message = b"\x08" + bytes([count]) if 0 < count < 128 else b""
+    message = StreamMetricResponse(received=count).SerializeToString()
     proto.conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/grpc")])
     proto.conn.send_data(stream_id, b"\x00" + len(message).to_bytes(4, "big") + message)
     proto.conn.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
