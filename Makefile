@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint proto lock bench bench-pool clean
+.PHONY: venv demo test test-unit lint proto lock bench bench-pool bench-single clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(STAMP)
 
 bench-pool: $(STAMP)
 	$(PY) bench/pool_bench.py
+
+# What a StreamMetric call costs the client, path by path, against the Go sink (needs `go`).
+bench-single: $(STAMP)
+	$(PY) bench/single_mode.py
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .demo

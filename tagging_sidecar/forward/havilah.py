@@ -18,7 +18,7 @@ import grpc
 import structlog
 from grpc import aio
 
-from tagging_sidecar.config import GrpcMode, GrpcSettings
+from tagging_sidecar.config import GrpcMode, GrpcSettings, SingleTransport
 from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
 from tagging_sidecar.errors import ForwardError, PermanentForwardError, RetryableForwardError
 from tagging_sidecar.forward.status import Outcome, classify
@@ -214,8 +214,24 @@ def connect(
     on_retry: Callable[[int], None] | None = None,
     on_state: Callable[[grpc.ChannelConnectivity], None] | None = None,
 ) -> HavilahClient:
-    """A client over a real grpc.aio channel to ``settings.target``."""
+    """A client over a real grpc.aio channel to ``settings.target``.
+
+    With ``single_transport=h2`` (the default), ``StreamMetric`` calls go over the sidecar's own
+    HTTP/2 connection instead, the grpc.aio channel keeping batch calls and health checks.
+    """
     from tagging_sidecar.forward.transport import AioTransport
 
-    transport = AioTransport(settings, (BATCH_METHOD, SINGLE_METHOD), on_state=on_state)
+    transport: Transport = AioTransport(settings, (BATCH_METHOD, SINGLE_METHOD), on_state=on_state)
+    if settings.single_transport is SingleTransport.H2:
+        from tagging_sidecar.forward.h2transport import H2Transport, SplitTransport, parse_target
+
+        try:
+            parse_target(settings.target)
+        except ValueError:
+            _log.warning(
+                "StreamMetric stays on grpcio: the HTTP/2 client takes host:port targets only",
+                target=settings.target,
+            )
+        else:
+            transport = SplitTransport(H2Transport(settings), transport, (SINGLE_METHOD,))
     return HavilahClient(settings, transport, cancel=cancel, observe=observe, on_retry=on_retry)

@@ -10,6 +10,7 @@ waits on a future, so the number of workers no longer costs CPU.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -21,6 +22,14 @@ from tagging_sidecar.config import GrpcSettings
 from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
 
 T = TypeVar("T")
+
+
+async def cancel_pending_tasks() -> None:
+    """Cancel every other task on this loop and let them finish, so none is left pending."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _identity(payload: bytes) -> bytes:
@@ -140,7 +149,11 @@ class AioTransport:
         try:
             self.run(self._channel.close(grace=None), timeout=5)
         finally:
-            for task in asyncio.all_tasks(self._loop):
-                self._loop.call_soon_threadsafe(task.cancel)
+            if self._thread.is_alive():
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(cancel_pending_tasks(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            if not self._thread.is_alive():
+                # A stopped loop still holds its selector and self-pipe until closed.
+                self._loop.close()

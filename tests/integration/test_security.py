@@ -114,13 +114,21 @@ def _deliver_everything(
 
 
 @pytest.mark.parametrize(
-    ("mutual", "host"),
-    [(False, "127.0.0.1"), (True, "127.0.0.1"), (True, "localhost")],
-    ids=["tls", "mtls", "mtls-by-name"],
+    ("mutual", "host", "mode"),
+    [
+        (False, "127.0.0.1", "batch"),
+        (True, "127.0.0.1", "batch"),
+        (True, "localhost", "batch"),
+        # StreamMetric goes over the sidecar's own HTTP/2 client: the same TLS settings apply.
+        (False, "127.0.0.1", "single"),
+        (True, "localhost", "single"),
+    ],
+    ids=["tls", "mtls", "mtls-by-name", "tls-single", "mtls-by-name-single"],
 )
 def test_tls_sink_receives_every_record(
     mutual: bool,
     host: str,
+    mode: str,
     pki: Pki,
     tls_sink: Callable[[bool], SinkServer],
     kafka_bootstrap: str,
@@ -129,7 +137,7 @@ def test_tls_sink_receives_every_record(
     tmp_path: Path,
 ) -> None:
     sink = tls_sink(mutual)
-    grpc_tls: dict[str, Any] = {"tls": True, "ca_file": pki.ca.cert_file}
+    grpc_tls: dict[str, Any] = {"tls": True, "ca_file": pki.ca.cert_file, "mode": mode}
     if mutual:
         grpc_tls |= {"cert_file": pki.client.cert_file, "key_file": pki.client.key_file}
     _deliver_everything(

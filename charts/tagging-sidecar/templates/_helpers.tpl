@@ -273,6 +273,8 @@ Environment of the sidecar container: one TAGGING_* variable per setting.
   value: {{ $g.target | quote }}
 - name: TAGGING_GRPC__MODE
   value: {{ $g.mode | quote }}
+- name: TAGGING_GRPC__SINGLE_TRANSPORT
+  value: {{ $g.singleTransport | quote }}
 - name: TAGGING_GRPC__TIMEOUT
   value: {{ include "tagging-sidecar.num" $g.timeout | quote }}
 - name: TAGGING_GRPC__MAX_MESSAGE_BYTES
