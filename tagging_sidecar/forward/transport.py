@@ -144,3 +144,6 @@ class AioTransport:
                 self._loop.call_soon_threadsafe(task.cancel)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            if not self._thread.is_alive():
+                # A stopped loop still holds its selector and self-pipe until closed.
+                self._loop.close()
