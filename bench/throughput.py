@@ -49,6 +49,7 @@ PYTHON = sys.executable
 # Broker, sink, sidecar processes and metrics come from the shared harness under tests/.
 sys.path.insert(0, str(ROOT))
 
+from tests.support.gosink import GoSink, go_executable  # noqa: E402
 from tests.support.harness import (  # noqa: E402 - after the path fix
     SidecarProcess,
     committed_and_end,
@@ -60,7 +61,7 @@ from tests.support.harness import (  # noqa: E402 - after the path fix
     sidecar_env,
 )
 from tests.support.kafka_broker import LocalKafka  # noqa: E402
-from tests.support.pysink import PySink  # noqa: E402
+from tests.support.pysink import PySink, parse_duration  # noqa: E402
 
 FRACTIONS = (0.10, 0.25, 0.50, 0.75)
 METRIC = "tagging_sidecar_"
@@ -74,11 +75,6 @@ class Sink(Protocol):
 
     target: str
 
-    @property
-    def pid(self) -> int:
-        """The sink's process id."""
-        ...
-
     def stats(self) -> dict[str, Any]:
         """calls, records, unique_ids and latency_ms {count, p50, p90, p99, max} since reset."""
         ...
@@ -88,11 +84,24 @@ class Sink(Protocol):
         ...
 
 
+def sink_name() -> str:
+    """Which sink :func:`open_sink` starts."""
+    if go_executable() is not None:
+        return "the Go sink (bench/gosink), a process of its own"
+    return "the Python measuring sink (tests/support/pysink.py; no Go here), a process of its own"
+
+
 @contextmanager
 def open_sink(per_record: str, single_only: bool, log: Path) -> Iterator[Sink]:
-    """A measuring sink for one setting: the one place that chooses its implementation."""
-    with PySink(per_record=per_record, single_only=single_only, log=log) as sink:
-        yield sink
+    """A measuring sink for one setting: the one place that chooses its implementation. The Go
+    sink when Go is installed (it keeps up with anything the sidecar sends on this machine),
+    else the Python one, with the same interface."""
+    if go_executable() is not None:
+        with GoSink(per_record=parse_duration(per_record), single_only=single_only) as sink:
+            yield sink
+    else:
+        with PySink(per_record=per_record, single_only=single_only, log=log) as sink:
+            yield sink
 
 
 # -- settings and forwarders ---------------------------------------------------------------------
@@ -374,13 +383,16 @@ def drain(
     fwd = Forwarder(setting, args, topic, sink.target, work / f"s-{setting.key}.log")
     began = time.time()
     first_fetch: float | None = None
-    cpu_at_first = 0.0
+    # CPU is read on every sample, and S's CPU counts from the last reading before the first
+    # fetch: the start-up (imports, joining the group) is not part of draining.
+    cpu_trace: list[tuple[float, float]] = [(began, cpu_seconds(fwd.pid))]
     finished: float | None = None
     metrics: dict[str, float] = {}
     try:
         while time.time() - began < args.timeout:
             time.sleep(args.sample_interval)
             now = time.time()
+            cpu_trace.append((now, cpu_seconds(fwd.pid)))
             if fwd.http_port is not None:
                 text = fwd.metrics_text()
                 metrics = parse_metrics(text) if text else metrics
@@ -388,15 +400,12 @@ def drain(
                     metrics["t"] = now - began
                     result.samples.append(dict(metrics))
                 if first_fetch is None and metrics.get(f"{METRIC}records_consumed_total", 0) > 0:
-                    first_fetch = now - args.sample_interval / 2
-                    cpu_at_first = cpu_seconds(fwd.pid)
+                    first_fetch = (now + cpu_trace[-2][0]) / 2
                 if first_fetch is not None:
                     result.inflight.append(metrics.get(f"{METRIC}inflight_records", 0.0))
                 done = metrics.get(f"{METRIC}records_forwarded_total", 0) >= count
             else:
-                if first_fetch is None and fwd.first_fetch is not None:
-                    first_fetch = fwd.first_fetch
-                    cpu_at_first = cpu_seconds(fwd.pid)
+                first_fetch = fwd.first_fetch
                 done = sink.stats()["records"] >= count
             if first_fetch is not None and (done or args.processes > 1):
                 committed, end = committed_and_end(
@@ -404,7 +413,8 @@ def drain(
                 )
                 if committed >= end:
                     finished = time.time()
-                    result.cpu_seconds = cpu_seconds(fwd.pid) - cpu_at_first
+                    before = [cpu for at, cpu in cpu_trace if at <= first_fetch]
+                    result.cpu_seconds = cpu_seconds(fwd.pid) - (before or [0.0])[-1]
                     break
         if finished is None or first_fetch is None:
             raise SystemExit(f"{setting.key}: S did not finish within {args.timeout} s")
@@ -412,9 +422,9 @@ def drain(
         if idle:
             # Nothing left to read: how much CPU does a waiting forwarder burn?
             time.sleep(2)
-            before = cpu_seconds(fwd.pid)
+            idle_from = cpu_seconds(fwd.pid)
             time.sleep(args.idle_seconds)
-            result.idle_cpu_percent = (cpu_seconds(fwd.pid) - before) / args.idle_seconds * 100
+            result.idle_cpu_percent = (cpu_seconds(fwd.pid) - idle_from) / args.idle_seconds * 100
     finally:
         _, result.peak_rss_mib = fwd.stop()
     commits = metrics.get(f"{METRIC}commit_duration_seconds_count", 0.0)
@@ -440,6 +450,7 @@ class Latency:
     produced: dict[str, Any]
     sink: dict[str, Any]
     cpu_percent: float | None = None
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
 
     @property
     def complete(self) -> bool:
@@ -476,7 +487,7 @@ def latencies(
         # offsets and start fetching, and that start-up is not the latency being measured.
         warm_rate = max(100.0, s_rate * FRACTIONS[0])
         for attempt in range(10):
-            sent = run_producer(args, warm_rate, 2.0, f"warm{attempt}", topic=topic)
+            sent = run_producer(args, warm_rate, args.warmup_seconds, f"w{attempt}", topic=topic)
             if settle(sink, int(sent["records"]), 10)["records"] >= sent["records"]:
                 break
         for fraction in args.fractions:
@@ -636,7 +647,8 @@ def report(
         f"{args.count:,} records (batch) / {args.single_count:,} (single); each latency step "
         f"produces for {args.latency_seconds:g} s. Sidecar on its defaults"
         + (f" plus {' '.join(args.env)}" if args.env else "")
-        + f". Sink: {args.sink_name}.",
+        + f". Sink: {args.sink_name}. Load average (1 min) at the start "
+        f"{args.load_start:.1f}, at the end {os.getloadavg()[0]:.1f}.",
         "",
         "### Throughput and cost",
         "",
@@ -698,15 +710,18 @@ def report(
             )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Producer during the latency steps (Kafka acknowledgement, sampled):", ""]
-    lines += ["| setting | load | produced/s | schedule lag max ms | queue full | ack p50 / p99 ms "
-              "| forwarder CPU % |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "| setting | load | produced/s | schedule lag max ms | queue full | ack p50 / p99 ms "
+        "| forwarder CPU % | machine load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, results in lats.items():
         for lat in results:
             p = lat.produced
             lines.append(
                 f"| {key} | {lat.fraction:.0%} | {p['rate']:,} | {p['schedule_lag_max_ms']} | "
                 f"{p['queue_full']} | {p['ack_p50_ms']} / {p['ack_p99_ms']} | "
-                f"{lat.cpu_percent or 0:.0f} |"
+                f"{lat.cpu_percent or 0:.0f} | {lat.load:.1f} |"
             )
     for key, text in stages.items():
         lines += ["", f"### Per-stage latency, {SETTINGS[key].label} (after its latency phase)"]
@@ -731,6 +746,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="per latency step")
     parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS),
                         help="latency steps, as fractions of S")  # fmt: skip
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=5.0, help="live traffic before the latency steps"
+    )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-direct", action="store_true")
     parser.add_argument(
@@ -765,7 +783,8 @@ def main() -> int:
         return 0
     work = RESULTS / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
-    args.sink_name = "Python measuring sink (tests/support/pysink.py), a process of its own"
+    args.sink_name = sink_name()
+    args.load_start = os.getloadavg()[0]
     wall = time.monotonic()
     print(f"==> broker (results in {work})", flush=True)
     broker = LocalKafka(work / "kafka")
