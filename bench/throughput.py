@@ -76,7 +76,8 @@ class Sink(Protocol):
     target: str
 
     def stats(self) -> dict[str, Any]:
-        """calls, records, unique_ids and latency_ms {count, p50, p90, p99, max} since reset."""
+        """calls, records and latency_ms {count, p50, p90, p99, max} since the last reset, and
+        unique_ids since the sink started."""
         ...
 
     def reset(self) -> None:
@@ -377,7 +378,8 @@ def drain(
     setting: Setting, sink: Sink, args: argparse.Namespace, topic: str, count: int, work: Path,
     *, idle: bool,
 ) -> Drain:  # fmt: skip
-    """Run S for ``setting``: first fetch to last commit of ``count`` preloaded records."""
+    """Run S for ``setting``: first fetch to last commit of ``count`` preloaded records. The
+    sink is fresh: its unique ids (kept across resets) are this run's."""
     sink.reset()
     result = Drain(setting, records=count)
     fwd = Forwarder(setting, args, topic, sink.target, work / f"s-{setting.key}.log")

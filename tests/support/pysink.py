@@ -3,8 +3,9 @@
 ``python -m tests.support.pysink -listen 127.0.0.1:0 -stats 127.0.0.1:0 [-per-record 50us]
 [-single-only] [-ids FILE]`` serves both RPCs (``StreamMetric`` only with ``-single-only``),
 prints ``LISTEN <addr> STATS <addr>`` once it is ready, and answers ``GET /stats`` (JSON: calls,
-records, unique ids, latency quantiles) and ``POST /reset`` on the stats address. The latency of
-a record is its receive time minus its ``event_time``, taken as the sink reads it from the stream.
+records, unique ids, latency quantiles) and ``POST /reset`` (counters and latencies; the ids seen
+stay) on the stats address. The latency of a record is its receive time minus its
+``event_time``, taken as the sink reads it from the stream.
 
 :class:`PySink` runs it as a context manager with the same small interface the benchmark uses for
 the Go sink: ``.target``, ``.stats()``, ``.reset()``, ``.pid``.
@@ -64,9 +65,9 @@ class _Stats:
             self.latencies_ms.extend(latencies_ms)
 
     def reset(self) -> None:
+        # Like the Go sink's /reset: the ids seen so far stay, so a repeat still shows.
         with self._lock:
             self.calls = self.records = 0
-            self.ids = set()
             self.latencies_ms = []
 
     def snapshot(self) -> dict[str, Any]:
@@ -191,6 +192,8 @@ class PySink:
             self._argv += ["-ids", str(ids)]
         self._log_path = log
         self._proc: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+        self._drain: threading.Thread | None = None
         self.target = ""
         self._stats_url = ""
 
@@ -203,9 +206,13 @@ class PySink:
     def __enter__(self) -> PySink:
         """Start the sink and wait for its ready line."""
         root = Path(__file__).resolve().parents[2]
-        stderr = self._log_path.open("w") if self._log_path else subprocess.DEVNULL
+        self._stderr = self._log_path.open("w") if self._log_path else None
         self._proc = subprocess.Popen(
-            self._argv, cwd=root, stdout=subprocess.PIPE, stderr=stderr, text=True
+            self._argv,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr or subprocess.DEVNULL,
+            text=True,
         )
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline().split()
@@ -214,7 +221,8 @@ class PySink:
             raise RuntimeError(f"sink did not start: {' '.join(line)!r}")
         self.target, self._stats_url = line[1], f"http://{line[3]}"
         # Anything the sink prints later must not fill the pipe and block it.
-        threading.Thread(target=self._proc.stdout.read, name="sink-stdout", daemon=True).start()
+        self._drain = threading.Thread(target=self._proc.stdout.read, daemon=True)
+        self._drain.start()
         return self
 
     def stats(self) -> dict[str, Any]:
@@ -224,21 +232,29 @@ class PySink:
         return body
 
     def reset(self) -> None:
-        """Forget everything received so far."""
+        """Clear the counters and latency samples (the set of ids seen stays, as in the Go sink)."""
         request = urllib.request.Request(f"{self._stats_url}/reset", data=b"", method="POST")
         with urllib.request.urlopen(request, timeout=30):
             pass
 
     def close(self) -> None:
-        """SIGTERM, SIGKILL if it does not go within 30 s."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(30)
+        """SIGTERM, SIGKILL if it does not go within 30 s; close the pipe and the log."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
+            if self._drain is not None:
+                self._drain.join(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     def __exit__(
         self,
