@@ -166,7 +166,7 @@ class Forwarder:
         if setting.forwarder == "sidecar":
             env = sidecar_env(
                 args.bootstrap, topic, self.group, target, commit_interval=None,
-                GRPC__MODE=setting.mode, HTTP__PORT=str(self.http_port), LOG__LEVEL="WARNING",
+                GRPC__MODE=setting.mode, HTTP__PORT=str(self.http_port),
                 PROCESSES=str(args.processes),
             )  # fmt: skip
             env.update(item.split("=", 1) for item in args.env)
