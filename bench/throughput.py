@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -163,6 +163,7 @@ class Forwarder:
         self.first_fetch: float | None = None
         self.summary: dict[str, Any] = {}
         self._sidecar: SidecarProcess | None = None
+        self._log: IO[str] | None = None
         if setting.forwarder == "sidecar":
             env = sidecar_env(
                 args.bootstrap, topic, self.group, target, commit_interval=None,
@@ -173,10 +174,11 @@ class Forwarder:
             self._sidecar = SidecarProcess(env, log)
             self.proc: subprocess.Popen[Any] = self._sidecar.proc
         else:
+            self._log = log.open("w")
             self.proc = subprocess.Popen(
                 [PYTHON, str(BENCH / "baseline_forwarder.py"), "--bootstrap", args.bootstrap,
                  "--topic", topic, "--group", self.group, "--target", target],
-                stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+                stdout=subprocess.PIPE, stderr=self._log, text=True,
             )  # fmt: skip
             threading.Thread(target=self._read_baseline, daemon=True).start()
 
@@ -217,6 +219,8 @@ class Forwarder:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
+        if self._log is not None:
+            self._log.close()
         return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
@@ -490,6 +494,7 @@ def latencies(
         # offsets and start fetching, and that start-up is not the latency being measured.
         warm_rate = max(100.0, s_rate * FRACTIONS[0])
         for attempt in range(10):
+            sink.reset()
             sent = run_producer(args, warm_rate, args.warmup_seconds, f"w{attempt}", topic=topic)
             if settle(sink, int(sent["records"]), 10)["records"] >= sent["records"]:
                 break
@@ -608,7 +613,8 @@ def plot_latency(
         axis.set_yscale("log")
         axis.set_xlabel("load, % of the setting's S")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     axes[0].set_ylabel("event time to sink receive, ms (p50 solid, p99 dashed)")
     figure.suptitle(title)
     figure.tight_layout()
@@ -856,6 +862,7 @@ def main() -> int:
             with open_sink(
                 setting.per_record, single_only, work / f"sink-{setting.key}.log"
             ) as sink:
+                setting_began = time.monotonic()
                 print(f"==> S: {setting.label}, {count:,} records", flush=True)
                 idle = setting.forwarder == "sidecar" and not any(
                     d.idle_cpu_percent is not None for d in drains.values()
@@ -876,6 +883,11 @@ def main() -> int:
                     lats[setting.key], text = latencies(setting, sink, args, d.rate, work)
                     if setting.forwarder == "sidecar":
                         stages[setting.key] = text
+                print(
+                    f"    ({setting.key} took {time.monotonic() - setting_began:.0f} s; "
+                    f"{(time.monotonic() - wall) / 60:.1f} min so far)",
+                    flush=True,
+                )
         floor: list[Latency] = []
         if not args.skip_latency and not args.skip_direct and drains:
             first = next(iter(drains.values()))
