@@ -724,8 +724,10 @@ def report(
         "",
         "### Latency: event time to sink receive",
         "",
-        "Each cell is p50 / p99 in ms at that fraction of the setting's own S; "
-        "an asterisk marks a step whose records did not all arrive within "
+        "Each cell is p50 / p99 in ms at that fraction of the setting's own S, then the rate "
+        "reached and the producer's own Kafka acknowledgement p50 (time before the broker held "
+        "the record, part of the latency); an asterisk marks a step whose records did not all "
+        "arrive within "
         f"{args.drain_timeout:g} s of the end of production.",
         "",
         "| setting | " + " | ".join(f"{f:.0%} of S" for f in args.fractions) + " |",
@@ -739,8 +741,11 @@ def report(
         for lat in results:
             got = lat.sink["latency_ms"]
             star = "" if lat.complete else "*"
+            ack = lat.produced["ack_p50_ms"]
+            acked = f"; ack {ms(ack)}" if ack else ""
             cells.append(
-                f"{ms(got.get('p50'))} / {ms(got.get('p99'))}{star} ({lat.produced['rate']:,}/s)"
+                f"{ms(got.get('p50'))} / {ms(got.get('p99'))}{star} "
+                f"({lat.produced['rate']:,}/s{acked})"
             )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Producer during the latency steps (Kafka acknowledgement, sampled):", ""]
