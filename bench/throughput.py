@@ -1,15 +1,29 @@
-"""Throughput benchmark: raw consume (R0), sink capacity (G) and the full sidecar (S), side by side.
+"""End-to-end benchmark: throughput, latency and cost of the sidecar next to a plain forwarder.
 
-One run starts its own broker (scripts/kafka-local) and reference sink, preloads a topic, then:
+One run starts its own broker (scripts/kafka-local), preloads a topic, sends live traffic
+through it until it acknowledges in milliseconds (a fresh broker is slow at first), and
+measures:
 
-* R0 drains the topic with ``consume(num_messages=...)`` and does no work;
-* G pushes the same records straight to the sink with the sidecar's gRPC client and RPC mode;
-* S runs ``tagging-sidecar run`` from its first fetch until its last commit, then checks that the
-  sink received every id and that the committed offsets equal the log-end offsets;
-* L measures record latency (event time to sink receive) with the producer at half S's rate.
+* **R0**: a raw ``consume(num_messages=10000)`` drain that does no other work;
+* for each **setting** (the sidecar on its defaults in batch and in single mode, and the
+  single-threaded baseline forwarder in bench/baseline_forwarder.py; each against a fast sink and
+  against a sink that spends 50 µs per record):
 
-It prints a markdown table (also written to bench/results/) and draws a PNG of throughput,
-backlog and active workers over time. Run ``make bench`` or ``python bench/throughput.py -h``.
+  - **S**: the preloaded topic drained, from the first fetch until the last commit, with a check
+    that the sink received every id and that the committed offsets equal the log-end offsets; the
+    forwarder's CPU-seconds, its peak RSS, and ``inflight_records`` sampled from /metrics (max and
+    mean), from which the crash-duplicate bound follows;
+  - **L**: latency (the sink's receive time minus the record's event time, measured by the sink)
+    at 10, 25, 50 and 75 % of that setting's S, with bench/live_producer.py in a process of its
+    own producing at a fixed rate; and the sidecar's per-stage latency from /metrics when it has
+    ``tagging_sidecar_stage_seconds``;
+
+* **direct**: the same producer calling the sink itself (no Kafka, no forwarder) at the rates of
+  the first setting: the floor of the load generator and the sink;
+* the sidecar's idle CPU once its topic is drained.
+
+It prints markdown tables (also written to bench/results/<time>/report.md) and draws
+latency.png and drain.png there. ``python bench/throughput.py -h`` lists the options.
 """
 
 from __future__ import annotations
@@ -18,61 +32,214 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
 PYTHON = sys.executable
-# Broker, sink, sidecar processes and metrics come from the test harness under tests/ (imported
-# inside the functions, like every other import of the phases).
+# Broker, sink, sidecar processes and metrics come from the shared harness under tests/.
 sys.path.insert(0, str(ROOT))
 
+from tests.support.gosink import GoSink, go_executable  # noqa: E402
+from tests.support.harness import (  # noqa: E402 - after the path fix
+    SidecarProcess,
+    committed_and_end,
+    create_topic,
+    free_port,
+    http_get,
+    parse_metrics,
+    ready,
+    sidecar_env,
+)
+from tests.support.kafka_broker import LocalKafka  # noqa: E402
+from tests.support.pysink import PySink, parse_duration  # noqa: E402
 
-@dataclass
-class Phase:
-    """What one measured phase did."""
+FRACTIONS = (0.10, 0.25, 0.50, 0.75)
+METRIC = "tagging_sidecar_"
 
-    name: str
-    records: int = 0
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    peak_rss_mib: float = 0.0
-    payload_bytes: int = 0
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+
+# -- the sink ------------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """What the benchmark needs of a measuring sink (the Python one or the Go one)."""
+
+    target: str
+
+    def stats(self) -> dict[str, Any]:
+        """calls, records and latency_ms {count, p50, p90, p99, max} since the last reset, and
+        unique_ids since the sink started."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what was received."""
+        ...
+
+
+def sink_name() -> str:
+    """Which sink :func:`open_sink` starts."""
+    if go_executable() is not None:
+        return "the Go sink (bench/gosink), a process of its own"
+    return "the Python measuring sink (tests/support/pysink.py; no Go here), a process of its own"
+
+
+@contextmanager
+def open_sink(per_record: str, single_only: bool, log: Path) -> Iterator[Sink]:
+    """A measuring sink for one setting: the one place that chooses its implementation. The Go
+    sink when Go is installed (it keeps up with anything the sidecar sends on this machine),
+    else the Python one, with the same interface."""
+    if go_executable() is not None:
+        with GoSink(per_record=parse_duration(per_record), single_only=single_only) as sink:
+            yield sink
+    else:
+        with PySink(per_record=per_record, single_only=single_only, log=log) as sink:
+            yield sink
+
+
+# -- settings and forwarders ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration measured end to end."""
+
+    key: str
+    forwarder: str  # "sidecar" or "baseline"
+    mode: str  # "batch" or "single"
+    per_record: str  # the sink's time per record: "0" or e.g. "50us"
 
     @property
-    def rate(self) -> float:
-        return self.records / self.seconds if self.seconds else 0.0
+    def label(self) -> str:
+        """Human name for tables."""
+        who = "sidecar" if self.forwarder == "sidecar" else "baseline forwarder"
+        sink = "fast sink" if self.per_record == "0" else f"sink {self.per_record}/record"
+        return f"{who}, {self.mode}, {sink}"
+
+
+SETTINGS = {
+    s.key: s
+    for s in (
+        Setting("batch-fast", "sidecar", "batch", "0"),
+        Setting("batch-50us", "sidecar", "batch", "50us"),
+        Setting("single-fast", "sidecar", "single", "0"),
+        Setting("single-50us", "sidecar", "single", "50us"),
+        Setting("baseline-fast", "baseline", "batch", "0"),
+        Setting("baseline-50us", "baseline", "batch", "50us"),
+    )
+}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its children (TAGGING_PROCESSES > 1)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+class Forwarder:
+    """The sidecar or the baseline forwarder as a child process, on one topic and group."""
+
+    def __init__(
+        self, setting: Setting, args: argparse.Namespace, topic: str, target: str, log: Path
+    ) -> None:
+        self.setting = setting
+        self.group = f"{setting.key}-{time.time_ns()}"
+        self.http_port = free_port() if setting.forwarder == "sidecar" else None
+        self.first_fetch: float | None = None
+        self.summary: dict[str, Any] = {}
+        self._sidecar: SidecarProcess | None = None
+        self._log: IO[str] | None = None
+        if setting.forwarder == "sidecar":
+            env = sidecar_env(
+                args.bootstrap, topic, self.group, target, commit_interval=None,
+                GRPC__MODE=setting.mode, HTTP__PORT=str(self.http_port),
+                PROCESSES=str(args.processes),
+            )  # fmt: skip
+            env.update(item.split("=", 1) for item in args.env)
+            self._sidecar = SidecarProcess(env, log)
+            self.proc: subprocess.Popen[Any] = self._sidecar.proc
+        else:
+            self._log = log.open("w")
+            self.proc = subprocess.Popen(
+                [PYTHON, str(BENCH / "baseline_forwarder.py"), "--bootstrap", args.bootstrap,
+                 "--topic", topic, "--group", self.group, "--target", target],
+                stdout=subprocess.PIPE, stderr=self._log, text=True,
+            )  # fmt: skip
+            threading.Thread(target=self._read_baseline, daemon=True).start()
+
+    def _read_baseline(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            out = json.loads(line)
+            if "first_fetch" in out:
+                self.first_fetch = out["first_fetch"]
+            else:
+                self.summary = out
 
     @property
-    def mb_per_s(self) -> float:
-        return self.payload_bytes / self.seconds / 1e6 if self.seconds else 0.0
+    def pid(self) -> int:
+        """The forwarder's process id."""
+        return int(self.proc.pid)
 
-    @property
-    def cpu_percent(self) -> float:
-        return self.cpu_seconds / self.seconds * 100 if self.seconds else 0.0
+    def metrics_text(self) -> str:
+        """The sidecar's /metrics ('' for the baseline or when it does not answer)."""
+        if self.http_port is None:
+            return ""
+        status, text = http_get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=2)
+        return text if status == 200 else ""
+
+    def is_ready(self) -> bool:
+        """/readyz for the sidecar; the baseline is ready once started."""
+        return self.http_port is None or ready(self.http_port)
+
+    def stop(self) -> tuple[float, float]:
+        """SIGTERM, wait; (CPU seconds, peak RSS in MiB) from the kernel's accounting."""
+        self.proc.send_signal(signal.SIGTERM)
+        _, status, usage = os.wait4(self.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        if self._sidecar is not None:
+            self._sidecar.cleanup()
+        deadline = time.monotonic() + 5
+        while self.setting.forwarder == "baseline" and not self.summary:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if self._log is not None:
+            self._log.close()
+        return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def child_usage(pid: int) -> tuple[float, float]:
-    """Wait for ``pid``; return (CPU seconds, peak RSS in MiB) from the kernel's accounting."""
-    _, _, usage = os.wait4(pid, 0)
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Wait for another process to do something; False if it did not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 # -- phases run in child processes (so their CPU and memory are their own) ---------------------
 
 
 def phase_preload(args: argparse.Namespace) -> dict[str, Any]:
+    """Write ``args.count`` records to ``args.topic`` as fast as the broker takes them."""
     from confluent_kafka import Producer
 
     from tagging_sidecar.produce import make_record
@@ -89,7 +256,7 @@ def phase_preload(args: argparse.Namespace) -> dict[str, Any]:
     template = make_record("bench", 0, payload_pad=args.pad)
     payload_bytes = 0
     for index in range(args.count):
-        template.id = f"b-{index:09d}"
+        template.id = f"{args.topic}-{index:09d}"
         template.subject = f"user:{index % 1024}"
         value = template.SerializeToString()
         payload_bytes += len(value)
@@ -107,6 +274,7 @@ def phase_preload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_r0(args: argparse.Namespace) -> dict[str, Any]:
+    """Drain the topic with consume(10000) and nothing else."""
     from confluent_kafka import Consumer
 
     consumer = Consumer(
@@ -119,296 +287,366 @@ def phase_r0(args: argparse.Namespace) -> dict[str, Any]:
     )
     consumer.subscribe([args.topic])
     seen = 0
-    payload = 0
     started = None
     while seen < args.count:
         messages = consumer.consume(10000, 1.0)
         if messages and started is None:
             started = time.perf_counter()
-        for message in messages:
-            if message.error() is None:
-                seen += 1
-                payload += len(message.value() or b"")
+        seen += sum(1 for message in messages if message.error() is None)
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
-    return {"records": seen, "seconds": elapsed, "payload_bytes": payload}
+    return {"records": seen, "seconds": elapsed}
 
 
-def phase_g(args: argparse.Namespace) -> dict[str, Any]:
-    """Push pre-serialized records to the sink with the sidecar's own client, many threads."""
-    from tagging_sidecar.config import GrpcSettings
-    from tagging_sidecar.forward import connect
-    from tagging_sidecar.produce import make_record
-
-    settings = GrpcSettings(target=args.target, mode=args.mode)
-    client = connect(settings)
-    client.wait_ready(10)
-    template = make_record("g", 0, payload_pad=args.pad)
-    batch_size = args.batch
-    threads = args.threads
-    per_thread = args.count // threads // batch_size
-
-    def work(worker: int) -> None:
-        for n in range(per_thread):
-            batch = []
-            for i in range(batch_size):
-                template.id = f"g-{worker}-{n}-{i}"
-                batch.append(template.SerializeToString())
-            client.deliver(batch)
-
-    started = time.perf_counter()
-    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    records = per_thread * batch_size * threads
-    return {
-        "records": records,
-        "seconds": elapsed,
-        "payload_bytes": records * len(template.SerializeToString()),
-    }
+PHASES = {"preload": phase_preload, "r0": phase_r0}
 
 
-PHASES = {"preload": phase_preload, "r0": phase_r0, "g": phase_g}
-
-
-def run_child_phase(name: str, extra: list[str]) -> tuple[dict[str, Any], float, float]:
+def run_child_phase(name: str, extra: list[str]) -> tuple[dict[str, Any], float]:
+    """Run a phase in a child process; (its JSON answer, its CPU seconds)."""
     proc = subprocess.Popen(
         [PYTHON, __file__, "--child", name, *extra], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     out = proc.stdout.read()
-    cpu, rss = child_usage(proc.pid)
-    proc.returncode = 0
-    return json.loads(out.strip().splitlines()[-1]), cpu, rss
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"phase {name} failed ({proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_utime + usage.ru_stime
 
 
-# -- the sidecar phase ---------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds used so far by ``pid`` (and its threads)."""
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
-def run_sidecar_phase(
+def run_producer(
     args: argparse.Namespace,
-    bootstrap: str,
-    target: str,
-    record_file: Path,
-    work: Path,
-    neighbours: dict[str, int],
-) -> tuple[Phase, list[dict[str, float]]]:
-    from tests.support.harness import (
-        SidecarProcess,
-        committed_and_end,
-        free_port,
-        scrape,
-        sidecar_env,
+    rate: float,
+    seconds: float,
+    run_id: str,
+    *,
+    topic: str | None = None,
+    direct: str | None = None,
+) -> dict[str, Any]:
+    """bench/live_producer.py in its own process, to Kafka or straight to a sink."""
+    where = (
+        ["--direct", direct] if direct else ["--bootstrap", args.bootstrap, "--topic", str(topic)]
     )
-
-    http_port = free_port()
-    group = f"bench-{time.time_ns()}"
-    env = sidecar_env(
-        bootstrap,
-        args.topic,
-        group,
-        target,
-        commit_interval=None,
-        GRPC__MODE=args.mode,
-        HTTP__PORT=str(http_port),
-        LOG__LEVEL="WARNING",
-        PROCESSES=str(args.processes),
-    )
-    for item in args.env:
-        key, _, value = item.partition("=")
-        env[key] = value
-    log = work / f"sidecar-{args.mode}.log"
-    proc = SidecarProcess(env, log).proc
-    samples: list[dict[str, float]] = []
-    last: dict[str, float] = {}
-    neighbour_cpu = {name: cpu_seconds(pid) for name, pid in neighbours.items()}
-    first_fetch = None
-    began = time.perf_counter()
-    finished = None
-    while time.perf_counter() - began < args.timeout:
-        time.sleep(0.5)
-        metrics = scrape(http_port)
-        now = time.perf_counter()
-        if metrics:
-            last = metrics
-            metrics["t"] = now - began
-            samples.append(metrics)
-            if first_fetch is None and metrics.get("tagging_sidecar_records_consumed_total", 0) > 0:
-                first_fetch = now - 0.25  # midpoint of the sampling interval
-        if first_fetch is not None and (
-            metrics.get("tagging_sidecar_records_forwarded_total", 0) >= args.count
-            or args.processes > 1
-        ):
-            committed, end = committed_and_end(bootstrap, group, args.topic, args.partitions)
-            if committed >= end:
-                finished = time.perf_counter()
-                break
-    neighbour_cpu = {
-        name: cpu_seconds(pid) - neighbour_cpu[name] for name, pid in neighbours.items()
-    }
-    idle_cpu = None
-    if finished is not None and args.processes == 1:
-        # Nothing left to read: how much CPU does a waiting sidecar burn?
-        time.sleep(2)
-        before = cpu_seconds(proc.pid)
-        time.sleep(args.idle_seconds)
-        idle_cpu = (cpu_seconds(proc.pid) - before) / args.idle_seconds * 100
-    proc.send_signal(signal.SIGTERM)
-    cpu, rss = child_usage(proc.pid)
-    if finished is None or first_fetch is None:
-        raise SystemExit(f"sidecar did not finish within {args.timeout} s; see {log.name}")
-    received = record_file.read_text().split()
-    unique = set(received)
-    committed, end = committed_and_end(bootstrap, group, args.topic, args.partitions)
-    phase = Phase(
-        name=f"S ({args.mode}, {args.processes} process{'es' if args.processes > 1 else ''})",
-        records=args.count,
-        seconds=finished - first_fetch,
-        cpu_seconds=cpu,
-        peak_rss_mib=rss,
-        payload_bytes=int(args.payload_bytes),
-        notes=f"sink got {len(unique)} unique ids; committed {committed} of {end}",
-        extra={
-            "all_ids": len(unique) == args.count,
-            "committed_equals_end": committed == end,
-            "idle_cpu_percent": idle_cpu,
-            "mean_batch": last.get("tagging_sidecar_batch_size_records_sum", 0)
-            / max(1.0, last.get("tagging_sidecar_batch_size_records_count", 0)),
-            "neighbour_cpu_percent": {
-                name: round(used / (finished - began) * 100) for name, used in neighbour_cpu.items()
-            },
-        },
-    )
-    return phase, samples
+    done = subprocess.run(
+        [PYTHON, str(BENCH / "live_producer.py"), *where, "--rate", f"{rate:.1f}",
+         "--seconds", str(seconds), "--run-id", run_id, "--pad", str(args.pad)],
+        stdout=subprocess.PIPE, text=True, check=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
-def measure_latency(
-    args: argparse.Namespace, bootstrap: str, rate: float, work: Path
-) -> dict[str, float]:
-    """Produce at ``rate`` with a running sidecar; the sink measures event time to receive."""
-    from collections.abc import Iterable
+# -- S: drain the preloaded topic ----------------------------------------------------------------
 
-    import grpc
-    from confluent_kafka import Producer
 
-    from tagging_sidecar.contract.tagging.v1 import tagging_pb2
-    from tagging_sidecar.produce import make_record
-    from tagging_sidecar.sink import SinkServer
-    from tests.support.harness import (
-        SidecarProcess,
-        create_topic,
-        free_port,
-        ready,
-        scrape,
-        sidecar_env,
-    )
+@dataclass
+class Drain:
+    """What one S run measured."""
 
-    latencies: list[float] = []
+    setting: Setting
+    records: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+    inflight: list[float] = field(default_factory=list)
+    commit_rtt: float | None = None
+    unique_ids: int = 0
+    committed: int = 0
+    end: int = 0
+    idle_cpu_percent: float | None = None
+    largest_poll: int = 0
+    samples: list[dict[str, float]] = field(default_factory=list)
 
-    class LatencySink(SinkServer):
-        def accept(
-            self, records: Iterable[tagging_pb2.Tagging], context: grpc.ServicerContext
-        ) -> tagging_pb2.StreamMetricResponse:
-            batch = list(records)
-            now = time.time()
-            latencies.extend(now - r.event_time.ToMicroseconds() / 1e6 for r in batch)
-            return super().accept(batch, context)
+    @property
+    def rate(self) -> float:
+        """Records per second."""
+        return self.records / self.seconds if self.seconds else 0.0
 
-    sink = LatencySink("127.0.0.1:0")
-    target = f"127.0.0.1:{sink.start()}"
+    @property
+    def ok(self) -> bool:
+        """Every id arrived and every offset was committed."""
+        return self.unique_ids == self.records and self.committed == self.end
 
-    topic = f"latency-{time.time_ns()}"
-    create_topic(bootstrap, topic, args.partitions)
-    http_port = free_port()
-    env = sidecar_env(
-        bootstrap,
-        topic,
-        f"lat-{time.time_ns()}",
-        target,
-        commit_interval=None,
-        GRPC__MODE=args.mode,
-        HTTP__PORT=str(http_port),
-        LOG__LEVEL="WARNING",
-    )
-    sidecar = SidecarProcess(env, work / "sidecar-latency.log")
+    def duplicate_bound(self, commit_interval: float, commit_every: int) -> float:
+        """Records a crash at this rate may deliver again: those in flight, plus those
+        delivered in one commit period (the interval, or COMMIT_EVERY records if sooner, plus
+        the commit's round trip, since one commit is in flight at a time)."""
+        if self.setting.forwarder == "baseline":
+            # One poll in flight, committed asynchronously after each ack: a crash repeats
+            # the poll in hand and, at worst, the one whose commit had not landed.
+            return 2.0 * self.largest_poll
+        period = min(commit_interval, commit_every / self.rate) + (self.commit_rtt or 0.0)
+        return max(self.inflight, default=0.0) + self.rate * period
+
+
+def drain(
+    setting: Setting, sink: Sink, args: argparse.Namespace, topic: str, count: int, work: Path,
+    *, idle: bool,
+) -> Drain:  # fmt: skip
+    """Run S for ``setting``: first fetch to last commit of ``count`` preloaded records. The
+    sink is fresh: its unique ids (kept across resets) are this run's."""
+    sink.reset()
+    result = Drain(setting, records=count)
+    fwd = Forwarder(setting, args, topic, sink.target, work / f"s-{setting.key}.log")
+    began = time.time()
+    first_fetch: float | None = None
+    # CPU is read on every sample, and S's CPU counts from the last reading before the first
+    # fetch: the start-up (imports, joining the group) is not part of draining.
+    cpu_trace: list[tuple[float, float]] = [(began, cpu_seconds(fwd.pid))]
+    finished: float | None = None
+    metrics: dict[str, float] = {}
     try:
-        # Measure the steady state: start producing once the sidecar is in its group and connected.
-        while not ready(http_port):
-            time.sleep(0.2)
-        # linger.ms=1 made this producer its own bottleneck (many tiny requests, a growing
-        # queue that showed up as latency); 5 ms keeps up and adds at most 5 ms.
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-        # Warm up until records flow end to end: a fresh consumer needs a moment to find its
-        # offsets and start fetching, and that start-up is not the latency being measured.
-        warm_until = time.perf_counter() + 30
-        warm = 0
-        while not latencies and time.perf_counter() < warm_until:
-            for partition in range(args.partitions):
-                record = make_record("warmup", warm, payload_pad=args.pad)
-                producer.produce(topic, record.SerializeToString(), partition=partition)
-                warm += 1
-            producer.poll(0.2)
-        time.sleep(1.0)
-        latencies.clear()
-        count = int(rate * args.latency_seconds)
-        started = time.perf_counter()
-        for index in range(count):
-            record = make_record("lat", index, payload_pad=args.pad)
-            while True:
-                try:
-                    producer.produce(topic, record.SerializeToString(), key=record.subject.encode())
+        while time.time() - began < args.timeout:
+            time.sleep(args.sample_interval)
+            now = time.time()
+            cpu_trace.append((now, cpu_seconds(fwd.pid)))
+            if fwd.http_port is not None:
+                text = fwd.metrics_text()
+                metrics = parse_metrics(text) if text else metrics
+                if text:
+                    metrics["t"] = now - began
+                    result.samples.append(dict(metrics))
+                if first_fetch is None and metrics.get(f"{METRIC}records_consumed_total", 0) > 0:
+                    first_fetch = (now + cpu_trace[-2][0]) / 2
+                if first_fetch is not None:
+                    result.inflight.append(metrics.get(f"{METRIC}inflight_records", 0.0))
+                done = metrics.get(f"{METRIC}records_forwarded_total", 0) >= count
+            else:
+                first_fetch = fwd.first_fetch
+                done = sink.stats()["records"] >= count
+            if first_fetch is not None and (done or args.processes > 1):
+                committed, end = committed_and_end(
+                    args.bootstrap, fwd.group, topic, args.partitions
+                )
+                if committed >= end:
+                    finished = time.time()
+                    before = [cpu for at, cpu in cpu_trace if at <= first_fetch]
+                    result.cpu_seconds = cpu_seconds(fwd.pid) - (before or [0.0])[-1]
                     break
-                except BufferError:  # the pipeline is behind: let the producer catch up
-                    producer.poll(0.05)
-            ahead = (index + 1) / rate - (time.perf_counter() - started)
-            if ahead > 0:
-                producer.poll(ahead)
-            elif index % 100 == 0:
-                producer.poll(0)
-        producer.flush(30)
-        deadline = time.perf_counter() + 60
-        while time.perf_counter() < deadline:
-            if scrape(http_port).get("tagging_sidecar_records_forwarded_total", 0) >= count + warm:
-                break
-            time.sleep(0.2)
+        if finished is None or first_fetch is None:
+            raise SystemExit(f"{setting.key}: S did not finish within {args.timeout} s")
+        result.seconds = finished - first_fetch
+        if idle:
+            # Nothing left to read: how much CPU does a waiting forwarder burn?
+            time.sleep(2)
+            idle_from = cpu_seconds(fwd.pid)
+            time.sleep(args.idle_seconds)
+            result.idle_cpu_percent = (cpu_seconds(fwd.pid) - idle_from) / args.idle_seconds * 100
     finally:
-        # Stop what this phase started, also when it fails half way.
-        sidecar.terminate(60)
-        sink.stop()
-    ordered = sorted(latencies)
-    if not ordered:
-        raise SystemExit("latency phase: nothing arrived")
-    return {
-        "rate_per_s": round(rate),
-        "records": len(ordered),
-        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
-        "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 1),
-        "max_ms": round(ordered[-1] * 1000, 1),
-    }
+        _, result.peak_rss_mib = fwd.stop()
+    commits = metrics.get(f"{METRIC}commit_duration_seconds_count", 0.0)
+    if commits:
+        result.commit_rtt = metrics[f"{METRIC}commit_duration_seconds_sum"] / commits
+    result.largest_poll = int(fwd.summary.get("largest_poll", 0))
+    result.unique_ids = int(sink.stats()["unique_ids"])
+    result.committed, result.end = committed_and_end(
+        args.bootstrap, fwd.group, topic, args.partitions
+    )
+    return result
 
 
-# -- orchestration -------------------------------------------------------------------------------
+# -- L: latency at fixed live rates --------------------------------------------------------------
 
 
-def plot(samples: list[dict[str, float]], path: Path, title: str) -> None:
+@dataclass
+class Latency:
+    """Latency at one rate."""
+
+    fraction: float
+    target_rate: float
+    produced: dict[str, Any]
+    sink: dict[str, Any]
+    cpu_percent: float | None = None
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
+
+    @property
+    def complete(self) -> bool:
+        """Every produced record reached the sink."""
+        return int(self.sink["records"]) >= int(self.produced["records"])
+
+
+def settle(sink: Sink, expected: int, timeout: float) -> dict[str, Any]:
+    """Wait until the sink has ``expected`` records (or the timeout); its stats."""
+    stats: dict[str, Any] = {}
+
+    def arrived() -> bool:
+        stats.update(sink.stats())
+        return int(stats["records"]) >= expected
+
+    wait_for(arrived, timeout)
+    return stats
+
+
+def latencies(
+    setting: Setting, sink: Sink, args: argparse.Namespace, s_rate: float, work: Path
+) -> tuple[list[Latency], str]:
+    """Run L for ``setting`` on a fresh topic; (one result per fraction, the final /metrics)."""
+    topic = f"lat-{setting.key}-{time.time_ns()}"
+    create_topic(args.bootstrap, topic, args.partitions)
+    sink.reset()
+    fwd = Forwarder(setting, args, topic, sink.target, work / f"l-{setting.key}.log")
+    results: list[Latency] = []
+    text = ""
+    try:
+        if not wait_for(fwd.is_ready, 90):
+            raise SystemExit(f"{setting.key}: the sidecar did not become ready")
+        # Warm up until records flow end to end: a fresh member needs a moment to find its
+        # offsets and start fetching, and that start-up is not the latency being measured.
+        warm_rate = max(100.0, s_rate * FRACTIONS[0])
+        for attempt in range(10):
+            sink.reset()
+            sent = run_producer(args, warm_rate, args.warmup_seconds, f"w{attempt}", topic=topic)
+            if settle(sink, int(sent["records"]), 10)["records"] >= sent["records"]:
+                break
+        for fraction in args.fractions:
+            rate = s_rate * fraction
+            sink.reset()
+            cpu_before = cpu_seconds(fwd.pid)
+            started = time.time()
+            produced = run_producer(args, rate, args.latency_seconds, f"l{fraction}", topic=topic)
+            stats = settle(sink, int(produced["records"]), args.drain_timeout)
+            used = cpu_seconds(fwd.pid) - cpu_before
+            results.append(
+                Latency(fraction, rate, produced, stats, used / (time.time() - started) * 100)
+            )
+            line = format_latency(setting.label, results[-1])
+            print(f"    {line}", flush=True)
+        text = fwd.metrics_text()
+    finally:
+        fwd.stop()
+    return results, text
+
+
+WARM_CHUNK_SECONDS = 5.0
+
+
+def warm_broker(args: argparse.Namespace, work: Path) -> list[float]:
+    """Live traffic through a fresh broker before anything is measured, in chunks of 5 s, until
+    the producer's acknowledgement p50 is at most ``--warm-ack-ms`` (after two chunks at least)
+    or ``--broker-warmup`` seconds have passed. In its first minutes on a busy machine a broker
+    acknowledged live produce requests in hundreds of ms, and the first setting measured paid
+    for it, whichever it was. Returns each chunk's acknowledgement p50."""
+    topic = f"warmup-{time.time_ns()}"
+    create_topic(args.bootstrap, topic, args.partitions)
+    baseline = SETTINGS["baseline-fast"]
+    acks: list[float] = []
+    deadline = time.monotonic() + args.broker_warmup
+    with open_sink("0", False, work / "sink-warmup.log") as sink:
+        fwd = Forwarder(baseline, args, topic, sink.target, work / "warmup.log")
+        try:
+            while time.monotonic() < deadline:
+                sink.reset()
+                produced = run_producer(
+                    args, args.warmup_rate, WARM_CHUNK_SECONDS, f"bw{len(acks)}", topic=topic
+                )
+                settle(sink, int(produced["records"]), 30)
+                acks.append(float(produced["ack_p50_ms"]))
+                if len(acks) >= 2 and acks[-1] <= args.warm_ack_ms:
+                    break
+        finally:
+            fwd.stop()
+    return acks
+
+
+def direct_floor(
+    args: argparse.Namespace, rates: list[tuple[float, float]], work: Path
+) -> list[Latency]:
+    """The producer calling a fast sink itself: what the generator and the sink add alone."""
+    out = []
+    with open_sink("0", False, work / "sink-direct.log") as sink:
+        for fraction, rate in rates:
+            sink.reset()
+            produced = run_producer(args, rate, args.latency_seconds, f"d{fraction}",
+                                    direct=sink.target)  # fmt: skip
+            out.append(Latency(fraction, rate, produced, settle(sink, produced["records"], 30)))
+            print(f"    {format_latency('direct', out[-1])}", flush=True)
+    return out
+
+
+# -- reporting -----------------------------------------------------------------------------------
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds for a table: one decimal below 100, none above; '-' when absent."""
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def format_latency(label: str, lat: Latency) -> str:
+    """One line: rate, p50/p99, completeness."""
+    got = lat.sink["latency_ms"]
+    return (
+        f"{label}: {lat.fraction:.0%} ({lat.produced['rate']:,}/s): "
+        f"p50 {ms(got.get('p50'))} ms, p99 {ms(got.get('p99'))} ms, "
+        f"{lat.sink['records']:,}/{lat.produced['records']:,} arrived, "
+        f"producer ack p50 {ms(lat.produced['ack_p50_ms'])} ms"
+    )
+
+
+def stage_table(text: str) -> list[str]:
+    """Per-stage p50/p99 from the sidecar's /metrics, or a line saying they are absent."""
+    from tests.support import harness
+
+    quantiles = getattr(harness, "stage_quantiles", None)
+    p50 = quantiles(text, 0.5) if quantiles and text else {}
+    p99 = quantiles(text, 0.99) if quantiles and text else {}
+    if not p50:
+        return [
+            "Per-stage latency: not available (no `tagging_sidecar_stage_seconds` in /metrics)."
+        ]
+    lines = ["| stage | p50 ms | p99 ms |", "|---|---:|---:|"]
+    for stage, value in p50.items():
+        lines.append(f"| {stage} | {value * 1000:.2f} | {p99.get(stage, 0.0) * 1000:.2f} |")
+    return lines
+
+
+def plot_latency(
+    table: dict[str, list[Latency]], floor: list[Latency], path: Path, title: str
+) -> None:
+    """p50 (solid) and p99 (dashed) against the load, one panel per sink."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    panels = {"0": axes[0], "50us": axes[1]}
+    axes[0].set_title("fast sink")
+    axes[1].set_title("sink spending 50 µs per record")
+    for key, results in [*table.items(), ("direct (no Kafka)", floor)]:
+        setting = SETTINGS.get(key)
+        axis = panels.get(setting.per_record if setting else "0", axes[0])
+        xs = [r.fraction * 100 for r in results if r.sink["latency_ms"].get("count")]
+        if not xs:
+            continue
+        ms = [r.sink["latency_ms"] for r in results if r.sink["latency_ms"].get("count")]
+        (line,) = axis.plot(xs, [m["p50"] for m in ms], marker="o", label=key)
+        axis.plot(xs, [m["p99"] for m in ms], linestyle="--", color=line.get_color())
+    for axis in axes:
+        axis.set_yscale("log")
+        axis.set_xlabel("load, % of the setting's S")
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    axes[0].set_ylabel("event time to sink receive, ms (p50 solid, p99 dashed)")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def plot_drain(samples: list[dict[str, float]], path: Path, title: str) -> None:
+    """Throughput, records in flight and active workers over one S run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(samples) < 2:
+        return
     times = [s["t"] for s in samples]
-    forwarded = [s.get("tagging_sidecar_records_forwarded_total", 0) for s in samples]
+    forwarded = [s.get(f"{METRIC}records_forwarded_total", 0) for s in samples]
     rates = [0.0] + [
         (forwarded[i] - forwarded[i - 1]) / max(1e-9, times[i] - times[i - 1])
         for i in range(1, len(samples))
@@ -416,11 +654,11 @@ def plot(samples: list[dict[str, float]], path: Path, title: str) -> None:
     figure, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
     axes[0].plot(times, rates)
     axes[0].set_ylabel("records/s")
-    axes[1].plot(times, [s.get("tagging_sidecar_pool_backlog_records", 0) for s in samples])
-    axes[1].plot(times, [s.get("tagging_sidecar_inflight_records", 0) for s in samples])
+    axes[1].plot(times, [s.get(f"{METRIC}pool_backlog_records", 0) for s in samples])
+    axes[1].plot(times, [s.get(f"{METRIC}inflight_records", 0) for s in samples])
     axes[1].legend(["pool backlog", "in flight"])
     axes[1].set_ylabel("records")
-    axes[2].plot(times, [s.get("tagging_sidecar_workers_active", 0) for s in samples])
+    axes[2].plot(times, [s.get(f"{METRIC}workers_active", 0) for s in samples])
     axes[2].set_ylabel("active workers")
     axes[2].set_xlabel("seconds since start")
     figure.suptitle(title)
@@ -428,165 +666,279 @@ def plot(samples: list[dict[str, float]], path: Path, title: str) -> None:
     figure.savefig(path, dpi=90)
 
 
-def table(phases: list[Phase], r0: Phase, g: Phase | None) -> str:
+def commit_cadence(args: argparse.Namespace) -> tuple[float, int]:
+    """COMMIT_INTERVAL and COMMIT_EVERY as the sidecar runs them (defaults unless --env)."""
+    from tagging_sidecar.config import KafkaSettings
+
+    overrides = dict(item.split("=", 1) for item in args.env)
+    fields = KafkaSettings.model_fields
+    interval = overrides.get("TAGGING_KAFKA__COMMIT_INTERVAL", fields["commit_interval"].default)
+    every = overrides.get("TAGGING_KAFKA__COMMIT_EVERY", fields["commit_every"].default)
+    return float(interval), int(every)
+
+
+def report(
+    args: argparse.Namespace,
+    r0: tuple[float, float],
+    drains: dict[str, Drain],
+    lats: dict[str, list[Latency]],
+    floor: list[Latency],
+    stages: dict[str, str],
+) -> str:
+    """The whole report as markdown."""
+    interval, every = commit_cadence(args)
+    r0_rate, r0_cpu = r0
     lines = [
-        "| phase | records | seconds | records/s | MB/s | CPU % of a core | peak RSS MiB "
-        "| S/R0 | S/G |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"Python {platform.python_version()}; broker, sink, producer and forwarder share it. "
+        f"Records of ~{args.record_bytes:.0f} bytes in {args.partitions} partitions; S drains "
+        f"{args.count:,} records (batch) / {args.single_count:,} (single); each latency step "
+        f"produces for {args.latency_seconds:g} s. Sidecar on its defaults"
+        + (f" plus {' '.join(args.env)}" if args.env else "")
+        + f". Sink: {args.sink_name}. Broker warm-up: producer acknowledgement p50 per 5 s "
+        f"{', '.join(ms(a) for a in args.warmup_acks) or 'not run'} ms. Load average (1 min) "
+        "at the start "
+        f"{args.load_start:.1f}, at the end {os.getloadavg()[0]:.1f}.",
+        "",
+        "### Throughput and cost",
+        "",
+        "| setting | S records/s | S/R0 | CPU-seconds (% of a core) | peak RSS MiB "
+        "| in flight max / mean | crash-duplicate bound | check |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| R0: raw consume(10000), no work | {r0_rate:,.0f} | | {r0_cpu:.1f} | | | | |",
     ]
-    for p in phases:
-        is_s = p.name.startswith("S")
-        s_r0 = f"{p.rate / r0.rate:.2f}" if is_s and r0.rate else ""
-        s_g = f"{p.rate / g.rate:.2f}" if is_s and g is not None and g.rate else ""
+    for key, d in drains.items():
+        if d.setting.forwarder == "sidecar":
+            inflight = f"{max(d.inflight, default=0):,.0f} / " + (
+                f"{sum(d.inflight) / len(d.inflight):,.0f}" if d.inflight else "-"
+            )
+        else:
+            inflight = f"{d.largest_poll:,} (one poll)"
+        check = "all ids, all committed" if d.ok else (
+            f"**{d.unique_ids:,} ids, committed {d.committed:,} of {d.end:,}**"
+        )  # fmt: skip
         lines.append(
-            f"| {p.name} | {p.records:,} | {p.seconds:.2f} | {p.rate:,.0f} | {p.mb_per_s:.1f} | "
-            f"{p.cpu_percent:.0f} | {p.peak_rss_mib:.0f} | {s_r0} | {s_g} |"
+            f"| {d.setting.label} | {d.rate:,.0f} | {d.rate / r0_rate:.2f} | "
+            f"{d.cpu_seconds:.1f} ({d.cpu_seconds / d.seconds * 100:.0f} %) | "
+            f"{d.peak_rss_mib:.0f} | {inflight} | {d.duplicate_bound(interval, every):,.0f} | "
+            f"{check} |"
         )
+        del key
+    idle = [d for d in drains.values() if d.idle_cpu_percent is not None]
+    lines.append("")
+    for d in idle:
+        lines.append(
+            f"Idle CPU ({d.setting.label}, {args.idle_seconds:g} s with nothing to consume): "
+            f"{d.idle_cpu_percent:.2f} % of a core."
+        )
+    lines.append(
+        f"Crash-duplicate bound: records in flight (max) + records delivered in one commit "
+        f"period at S's rate (min({interval:g} s, {every} records) + the mean commit round "
+        "trip); for the baseline, two polls."
+    )
+    lines += [
+        "",
+        "### Latency: event time to sink receive",
+        "",
+        "Each cell is p50 / p99 in ms at that fraction of the setting's own S, then the rate "
+        "reached and the producer's own Kafka acknowledgement p50 (time before the broker held "
+        "the record, part of the latency); an asterisk marks a step whose records did not all "
+        "arrive within "
+        f"{args.drain_timeout:g} s of the end of production.",
+        "",
+        "| setting | " + " | ".join(f"{f:.0%} of S" for f in args.fractions) + " |",
+        "|---|" + "---:|" * len(args.fractions),
+    ]
+    rows = [*[(SETTINGS[k].label, v) for k, v in lats.items()]]
+    if floor:
+        rows.append(("direct: producer → sink, no Kafka (at the first setting's rates)", floor))
+    for label, results in rows:
+        cells = []
+        for lat in results:
+            got = lat.sink["latency_ms"]
+            star = "" if lat.complete else "*"
+            ack = lat.produced["ack_p50_ms"]
+            acked = f"; ack {ms(ack)}" if ack else ""
+            cells.append(
+                f"{ms(got.get('p50'))} / {ms(got.get('p99'))}{star} "
+                f"({lat.produced['rate']:,}/s{acked})"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Producer during the latency steps (Kafka acknowledgement, sampled):", ""]
+    lines += [
+        "| setting | load | produced/s | schedule lag max ms | queue full | ack p50 / p99 ms "
+        "| forwarder CPU % | machine load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, results in lats.items():
+        for lat in results:
+            p = lat.produced
+            lines.append(
+                f"| {key} | {lat.fraction:.0%} | {p['rate']:,} | {ms(p['schedule_lag_max_ms'])} | "
+                f"{p['queue_full']} | {ms(p['ack_p50_ms'])} / {ms(p['ack_p99_ms'])} | "
+                f"{lat.cpu_percent or 0:.0f} | {lat.load:.1f} |"
+            )
+    for key, text in stages.items():
+        lines += ["", f"### Per-stage latency, {SETTINGS[key].label} (after its latency phase)"]
+        lines += ["", *stage_table(text)]
     return "\n".join(lines)
 
 
-def main() -> int:
-    from tests.support.harness import LocalStack
+# -- orchestration -------------------------------------------------------------------------------
 
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--count", type=int, default=300_000, help="records S drains in batch mode")
+    parser.add_argument(
+        "--single-count", type=int, default=60_000, help="records S drains in single mode"
+    )
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"comma-separated, from {', '.join(SETTINGS)}")  # fmt: skip
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="per latency step")
+    parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS),
+                        help="latency steps, as fractions of S")  # fmt: skip
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=5.0, help="live traffic before the latency steps"
+    )
+    parser.add_argument(
+        "--broker-warmup",
+        type=float,
+        default=60.0,
+        help="at most this many seconds of live traffic before measuring (0: none)",
+    )
+    parser.add_argument(
+        "--warm-ack-ms",
+        type=float,
+        default=10.0,
+        help="the warm-up ends once the producer's acknowledgement p50 is this low",
+    )
+    parser.add_argument("--warmup-rate", type=float, default=10_000.0, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a latency step may take to arrive once production ends",
+    )
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--pad", type=int, default=90, help="label padding: ~200-byte records")
-    parser.add_argument("--mode", default="batch", choices=["batch", "single"])
-    parser.add_argument("--processes", type=int, default=1, help="TAGGING_PROCESSES for S")
-    parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for S")
-    parser.add_argument("--skip-g", action="store_true")
-    parser.add_argument("--latency-seconds", type=float, default=15.0)
-    parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--idle-seconds", type=float, default=10.0)
-    parser.add_argument(
-        "--latency-fraction",
-        type=float,
-        action="append",
-        help="measure latency at this fraction of S's rate (repeatable; default 0.5 and 0.25)",
-    )
-    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--processes", type=int, default=1, help="TAGGING_PROCESSES")
+    parser.add_argument("--env", action="append", default=[],
+                        help="extra TAGGING_...=VALUE for every sidecar")  # fmt: skip
+    parser.add_argument("--sample-interval", type=float, default=0.2,
+                        help="seconds between /metrics samples during S")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=600.0, help="longest S run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--topic", default="bench", help=argparse.SUPPRESS)
-    parser.add_argument("--target", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.latency_fraction = args.latency_fraction or [0.5, 0.25]
+    args.fractions = [float(f) for f in args.fractions.split(",")]
+    args.settings = [SETTINGS[k] for k in args.settings.split(",")]
+    return args
+
+
+def main() -> int:
+    """Run every phase and print the report."""
+    args = parse_args()
     if args.child:
         print(json.dumps(PHASES[args.child](args)))
         return 0
-
     work = RESULTS / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
-    print(f"==> broker and sink (results in {work})", flush=True)
-    stack = LocalStack(
-        work, topic=args.topic, partitions=args.partitions, sidecar=False,
-        sink_args=("--summary-interval", "30"),
-    )  # fmt: skip
+    args.sink_name = sink_name()
+    args.load_start = os.getloadavg()[0]
+    args.warmup_acks = []
+    wall = time.monotonic()
+    print(f"==> broker (results in {work})", flush=True)
+    broker = LocalKafka(work / "kafka")
     try:
-        with stack:
-            assert stack.sink is not None
-            bootstrap, target, record_file = stack.bootstrap, stack.sink.target, stack.received
-            sink_pid = stack.sink.proc.pid
+        args.bootstrap = broker.start()
+        topics = {"batch": (f"{args.topic}-batch", args.count),
+                  "single": (f"{args.topic}-single", args.single_count)}  # fmt: skip
+        modes = {s.mode for s in args.settings}
+        for mode, (topic, count) in topics.items():
+            if mode not in modes and mode != "batch":
+                continue
+            print(f"==> preloading {count:,} records into {topic}", flush=True)
+            create_topic(args.bootstrap, topic, args.partitions)
+            common = ["--bootstrap", args.bootstrap, "--topic", topic, "--count", str(count),
+                      "--pad", str(args.pad), "--partitions", str(args.partitions)]  # fmt: skip
+            out, _ = run_child_phase("preload", common)
+            args.record_bytes = out["payload_bytes"] / count
+            if mode == "batch":
+                print("==> R0: raw consume(num_messages=10000), no work", flush=True)
+                r0_out, r0_cpu = run_child_phase("r0", common)
+                r0 = (r0_out["records"] / r0_out["seconds"], r0_cpu)
+                print(f"    {r0[0]:,.0f} records/s", flush=True)
+        if args.broker_warmup > 0:
             print(
-                f"==> preloading {args.count:,} records over {args.partitions} partitions",
+                f"==> warming the broker up: {args.warmup_rate:,.0f} records/s through the "
+                f"baseline forwarder until acknowledgements take <= {args.warm_ack_ms:g} ms "
+                f"(at most {args.broker_warmup:g} s; not reported)",
                 flush=True,
             )
-            common = ["--bootstrap", bootstrap, "--topic", args.topic, "--count", str(args.count),
-                      "--pad", str(args.pad)]  # fmt: skip
-            started = time.perf_counter()
-            preload, _, _ = run_child_phase("preload", common)
-            args.payload_bytes = preload["payload_bytes"]
-            per_record = args.payload_bytes / args.count
-            print(
-                f"    done in {time.perf_counter() - started:.1f} s "
-                f"({per_record:.0f} bytes per record)",
-                flush=True,
-            )
-
-            print("==> R0: raw consume(num_messages=10000), no work", flush=True)
-            out, cpu, rss = run_child_phase("r0", common)
-            r0 = Phase(
-                "R0 (raw consume)", out["records"], out["seconds"], cpu, rss, out["payload_bytes"]
-            )
-            phases = [r0]
-            g = None
-            if not args.skip_g:
-                print(f"==> G: records pushed straight to the sink ({args.mode} mode)", flush=True)
-                g_count = min(args.count, 300_000)
-                out, cpu, rss = run_child_phase(
-                    "g", ["--target", target, "--mode", args.mode, "--count", str(g_count),
-                          "--pad", str(args.pad)],
-                )  # fmt: skip
-                g = Phase(
-                    f"G (sink capacity, {args.mode})",
-                    out["records"],
-                    out["seconds"],
-                    cpu,
-                    rss,
-                    out["payload_bytes"],
+            acks = warm_broker(args, work)
+            args.warmup_acks = acks
+            print(f"    producer ack p50 per 5 s: {', '.join(ms(a) for a in acks)} ms", flush=True)
+        drains: dict[str, Drain] = {}
+        lats: dict[str, list[Latency]] = {}
+        stages: dict[str, str] = {}
+        for setting in args.settings:
+            topic, count = topics[setting.mode]
+            single_only = setting.mode == "single"
+            with open_sink(
+                setting.per_record, single_only, work / f"sink-{setting.key}.log"
+            ) as sink:
+                setting_began = time.monotonic()
+                print(f"==> S: {setting.label}, {count:,} records", flush=True)
+                idle = setting.forwarder == "sidecar" and not any(
+                    d.idle_cpu_percent is not None for d in drains.values()
                 )
-                phases.append(g)
-                record_file.write_text("")  # G's ids are not part of the sidecar check
-            print("==> S: the sidecar, first fetch to last commit", flush=True)
-            broker_pid = int((stack.broker.dir / "pid").read_text())
-            s, samples = run_sidecar_phase(
-                args,
-                bootstrap,
-                target,
-                record_file,
-                work,
-                {"sink": sink_pid, "broker": broker_pid},
-            )
-            phases.append(s)
-            plot(samples, work / "sidecar.png", f"tagging-sidecar draining {args.count:,} records")
-            latencies = []
-            if not args.skip_latency:
-                for fraction in args.latency_fraction:
-                    rate = s.rate * fraction
-                    print(
-                        f"==> L: latency at {rate:,.0f} records/s ({fraction:.0%} of S)", flush=True
+                d = drain(setting, sink, args, topic, count, work, idle=idle)
+                drains[setting.key] = d
+                print(
+                    f"    {d.rate:,.0f} records/s, {d.cpu_seconds:.1f} CPU-s, peak RSS "
+                    f"{d.peak_rss_mib:.0f} MiB, {'ok' if d.ok else 'CHECK FAILED'}",
+                    flush=True,
+                )
+                if d.samples and not (work / "drain.png").exists():
+                    plot_drain(
+                        d.samples, work / "drain.png", f"{setting.label}: S, {count:,} records"
                     )
-                    latencies.append(measure_latency(args, bootstrap, rate, work))
-            report = [
-                f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
-                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-                f"Python {platform.python_version()}; broker, sink and sidecar share the machine.",
-                "",
-                table(phases, r0, g),
-                "",
-                f"S check: {s.notes}.",
-                f"Idle sidecar after the drain: {s.extra['idle_cpu_percent']:.2f} % of a core."
-                if s.extra["idle_cpu_percent"] is not None
-                else "",
-                f"Records per gRPC call during S: {s.extra['mean_batch']:.0f} on average.",
-                "CPU of the neighbours during S (% of a core): "
-                + ", ".join(f"{k} {v}" for k, v in s.extra["neighbour_cpu_percent"].items())
-                + ".",
-            ]
-            for latency in latencies:
-                report.append(
-                    f"Latency (event time to sink receive) at {latency['rate_per_s']:,} records/s: "
-                    f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms, "
-                    f"max {latency['max_ms']} ms over {latency['records']:,} records."
+                if not args.skip_latency:
+                    print(f"==> L: {setting.label}", flush=True)
+                    lats[setting.key], text = latencies(setting, sink, args, d.rate, work)
+                    if setting.forwarder == "sidecar":
+                        stages[setting.key] = text
+                print(
+                    f"    ({setting.key} took {time.monotonic() - setting_began:.0f} s; "
+                    f"{(time.monotonic() - wall) / 60:.1f} min so far)",
+                    flush=True,
                 )
-            if g is not None and s.rate / max(1.0, g.rate) > 0.8:
-                report.append("S/G is near 1: the sink is the bottleneck; S measures the sink.")
-            text = "\n".join(report)
-            (work / "report.md").write_text(text + "\n")
-            (work / "phases.json").write_text(json.dumps([asdict(p) for p in phases], indent=2))
-            print("\n" + text)
-            print(f"\nplot: {work / 'sidecar.png'}")
-            ok = s.extra["all_ids"] and s.extra["committed_equals_end"]
-            return 0 if ok else 1
+        floor: list[Latency] = []
+        if not args.skip_latency and not args.skip_direct and drains:
+            first = next(iter(drains.values()))
+            print("==> direct: producer → sink, no Kafka, no forwarder", flush=True)
+            floor = direct_floor(args, [(f, first.rate * f) for f in args.fractions], work)
+        if lats:
+            plot_latency(lats, floor, work / "latency.png", "tagging-sidecar latency")
+        text = report(args, r0, drains, lats, floor, stages)
+        text += f"\n\nWhole run: {(time.monotonic() - wall) / 60:.1f} minutes.\n"
+        (work / "report.md").write_text(text)
+        print("\n" + text)
+        print(f"plots: {work / 'latency.png'}, {work / 'drain.png'}")
+        return 0 if all(d.ok for d in drains.values()) else 1
     finally:
-        shutil.rmtree(stack.broker.dir / "data", ignore_errors=True)
+        broker.stop()
+        shutil.rmtree(work / "kafka" / "data", ignore_errors=True)
 
 
 if __name__ == "__main__":
-    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))
     sys.exit(main())
