@@ -315,8 +315,24 @@ class StreamProcessor:
             for record in chunk:
                 self._router.settle(record)
         self._commit_final(max(deadline, self._clock() + 1.0))
-        self.consumer.close()
+        self._close_consumer(max(deadline, self._clock() + 1.0))
         return sum(len(chunk) for chunk in unsent)
+
+    def _close_consumer(self, deadline: float) -> None:
+        # librdkafka's close() leaves the group and waits for the coordinator, which may be
+        # down: it gets until the deadline, then the process goes on without it (the group
+        # notices at the end of the session; nothing uncommitted was committed meanwhile).
+        def close() -> None:
+            try:
+                self.consumer.close()
+            except Exception as exc:  # noqa: BLE001 - KafkaException; only logged at exit
+                _log.warning("closing the Kafka consumer failed", error=str(exc))
+
+        closer = threading.Thread(target=close, name="kafka-close", daemon=True)
+        closer.start()
+        closer.join(max(0.0, deadline - self._clock()))
+        if closer.is_alive():
+            _log.warning("the Kafka consumer did not close by the deadline; exiting without it")
 
     def _commit_final(self, deadline: float) -> None:
         # Asynchronous and served until the deadline at the latest, so a coordinator that does
