@@ -73,6 +73,7 @@ class Timing:
     idle_poll: float = 0.5  #: how long one poll may block when nothing is ready or in flight
     busy_poll: float = 0.005  #: how long one poll may block while records are in flight
     pause_after: float = 1.0  #: how long the pipeline may stay full before partitions pause
+    hold_limit: int = 16  #: messages held aside while full before partitions pause
     grace: float = 20.0  #: drain on shutdown, wait for in-flight work on revoke
     committed_timeout: float = 10.0  #: reading committed offsets on assign
     wait_step: float = 0.05  #: one wait for results while draining or revoking
@@ -133,7 +134,11 @@ class StreamProcessor:
         if self._pending or self.inflight.full():
             if self._full_since is None:
                 self._full_since = now
-            if self.partitions.backpressure or now - self._full_since >= self._timing.pause_after:
+            if (
+                self.partitions.backpressure
+                or now - self._full_since >= self._timing.pause_after
+                or len(self._held) >= self._timing.hold_limit
+            ):
                 # Full for a while (a slow or failing downstream): pause and keep polling, so
                 # the group keeps us while nothing moves.
                 self.partitions.pause_all()
@@ -143,19 +148,24 @@ class StreamProcessor:
                 # Full for a moment (normal under load): pausing would throw librdkafka's
                 # prefetch away, but commit results and rebalances are only served inside
                 # consume(). Poll for one message per pass and keep it aside until there is
-                # room (at most one per pass for at most ``pause_after`` seconds).
+                # room (one per pass, for at most ``pause_after`` seconds or ``hold_limit``
+                # messages).
                 held = self.consumer.consume(1, 0)
                 if held:
                     if not self._held:
                         self._held_since = self._clock()
                     self._held += held
-            self._apply(self._outcomes.take(self._timing.full_wait))
+            # Nothing in a call means the pipeline waits only for a commit to land, and its
+            # result is served inside consume(): look again soon instead of at the next result.
+            wait = self._timing.full_wait if self.inflight.records else self._timing.busy_poll
+            self._apply(self._outcomes.take(wait))
         else:
             self._full_since = None
             self.partitions.resume_all()
             # Take what is ready without waiting; block (for one record) only when nothing is.
-            wanted = self.inflight.room(self._timing.consume_batch)
-            messages = self._held + self.consumer.consume(wanted, 0)
+            # Messages held aside count against the room, so reading stays within the bounds.
+            wanted = self.inflight.room(self._timing.consume_batch) - len(self._held)
+            messages = self._held + (self.consumer.consume(wanted, 0) if wanted > 0 else [])
             if not messages:
                 # Results arrive on another queue than Kafka's: with records in flight, block
                 # only briefly, so that they are applied and committed without delay.

@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from tagging_sidecar.config import InputFormat
+from tagging_sidecar.kafka.processor import Timing
 from tagging_sidecar.produce import encode, make_record, produce
 from tagging_sidecar.sink import SinkServer
 
@@ -765,7 +766,7 @@ def test_sigterm_while_the_downstream_hangs_exits_within_the_grace_period(
 # -- 11. duplicates after crashes ---------------------------------------------------------------
 
 
-def test_three_sigkills_in_start_up_bursts_lose_nothing(
+def test_three_sigkills_in_start_up_bursts_repeat_at_most_the_uncommitted_bound(
     kafka_bootstrap: str,
     topic_factory: Callable[[int], str],
     group_id: str,
@@ -773,12 +774,20 @@ def test_three_sigkills_in_start_up_bursts_lose_nothing(
     tmp_path: Path,
 ) -> None:
     """Three SIGKILLs while 20,000 records are produced at 4,000/s, each one after the
-    restarted process delivered 1,500 more records, so every kill falls in a start-up burst:
-    every record is delivered. A kill that early lands before most commits can, so up to what
-    each killed process delivered may come again (measured here: 24-32 %)."""
+    restarted process delivered 1,500 more records, so every kill falls in a start-up burst
+    (tens of thousands of records a second, before the first commits land): every record is
+    delivered, and with ``TAGGING_KAFKA__MAX_UNCOMMITTED`` set each kill repeats at most that
+    many records (plus the few held aside while the pipeline was full)."""
+    bound = 300
     topic = topic_factory(3)
     received = tmp_path / "received.txt"
-    env = fault_env(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}")
+    env = fault_env(
+        kafka_bootstrap,
+        topic,
+        group_id,
+        f"127.0.0.1:{sink.port}",
+        KAFKA__MAX_UNCOMMITTED=str(bound),
+    )
     produced: list[str] = []
     producer = threading.Thread(
         target=lambda: produced.extend(
@@ -803,26 +812,35 @@ def test_three_sigkills_in_start_up_bursts_lose_nothing(
     got = recover_everything(env, tmp_path, produced, received, kafka_bootstrap, group_id, topic)
     duplicates = len(got) - len(set(got))
     print(f"{duplicates} duplicates ({duplicates / len(produced):.1%})")
-    assert duplicates <= len(produced) * 0.5, (
+    assert duplicates <= 3 * (bound + Timing().hold_limit), (
         f"{duplicates} duplicates ({duplicates / len(produced):.0%}); "
         f"most repeated: {Counter(got).most_common(1)}"
     )
 
 
-def test_three_sigkills_at_the_live_rate_lose_nothing_and_repeat_little(
+def test_three_sigkills_at_the_live_rate_on_the_defaults_lose_nothing(
     kafka_bootstrap: str,
     topic_factory: Callable[[int], str],
     group_id: str,
     sink: SinkServer,
     tmp_path: Path,
 ) -> None:
-    """Three SIGKILLs while 20,000 records are produced at 4,000/s, each once the restarted
-    process has caught up with the producer (the steady state of a live topic): every record
-    is delivered, few twice (measured: 0.4-2.8 % alone, 11-14 % inside the full suite on this
-    2-core machine; the bound leaves room for that), and no committed offset moves backwards."""
+    """Three SIGKILLs of a sidecar on its defaults while 20,000 records are produced at
+    4,000/s, each once the restarted process has caught up with the producer: every record is
+    delivered and no committed offset moves backwards. Each restart first catches up the
+    records produced while it started, in large calls, so a kill repeats what is in those
+    calls and awaits its commit (measured: 11-21 %; without a
+    ``TAGGING_KAFKA__MAX_UNCOMMITTED`` bound the test only guards against a regression)."""
     topic = topic_factory(3)
     received = tmp_path / "received.txt"
-    env = fault_env(kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}")
+    # A static member (as in a StatefulSet): the restarted process takes its partitions back
+    # at once instead of after the killed one's session timeout, so every kill falls while
+    # records are still produced.
+    static = '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, '
+    static += '"group.instance.id": "live-member"}'
+    env = fault_env(
+        kafka_bootstrap, topic, group_id, f"127.0.0.1:{sink.port}", KAFKA__PROPERTIES=static
+    )
     produced: list[str] = []
     sent = [0]
 
@@ -869,7 +887,7 @@ def test_three_sigkills_at_the_live_rate_lose_nothing_and_repeat_little(
         )
     duplicates = len(got) - len(set(got))
     print(f"{duplicates} duplicates ({duplicates / len(produced):.1%})")
-    assert duplicates <= len(produced) * 0.25, (
+    assert duplicates <= len(produced) * 0.5, (
         f"{duplicates} duplicates ({duplicates / len(produced):.0%}); "
         f"most repeated: {Counter(got).most_common(1)}"
     )
