@@ -186,11 +186,11 @@ def test_sink_down_longer_than_max_poll_interval_pauses_without_rebalance(
         sink_port,
         HTTP__PORT=str(http_port),
         KAFKA__PROPERTIES='{"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, '
-        '"max.poll.interval.ms": 8000}',
+        '"max.poll.interval.ms": 6000}',
     )
     base = f"http://127.0.0.1:{http_port}"
     with OffsetMonitor(kafka_bootstrap, group_id, topic, 3) as monitor:
-        producer = BackgroundProducer(kafka_bootstrap, topic, 12_000, 600)
+        producer = BackgroundProducer(kafka_bootstrap, topic, 8_000, 600)
         sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
         eventually(lambda: http_get(base + "/readyz")[0] == 200, timeout=60)
         eventually(lambda: len(read_ids(received)) > 1000, timeout=60)
@@ -202,9 +202,10 @@ def test_sink_down_longer_than_max_poll_interval_pauses_without_rebalance(
         paused = "tagging_sidecar_partitions_paused"
         eventually(lambda: _metric(http_get(base + "/metrics")[1], paused) == 3, timeout=30)
         assert http_get(base + "/livez")[0] == 200  # still polling: alive, just not ready
-        # The outage must outlast max.poll.interval.ms (8 s) by far; no event marks that moment,
-        # so this one wait is a duration on purpose.
-        time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
+        # The outage must outlast max.poll.interval.ms (6 s, the least librdkafka allows with
+        # this session timeout) twice over; no event marks that moment, so this one wait is a
+        # duration on purpose.
+        time.sleep(max(0.0, 13 - (time.monotonic() - outage_started)))
         restartable_sink.append(SinkServer(f"127.0.0.1:{sink_port}", record_path=received))
         restartable_sink[-1].start()
         eventually(lambda: http_get(base + "/readyz")[0] == 200, timeout=60)
