@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
@@ -48,7 +47,7 @@ import h2.settings
 from tagging_sidecar import __version__
 from tagging_sidecar.config import GrpcSettings
 from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
-from tagging_sidecar.forward.transport import cancel_pending_tasks
+from tagging_sidecar.forward.loop import LoopThread
 
 if TYPE_CHECKING:
     from grpc import aio
@@ -457,11 +456,9 @@ class H2Transport:
         self._host, self._port = parse_target(settings.target)
         self._authority = settings.target.split("///")[-1].removeprefix("dns:")
         self._ssl = self._ssl_context(settings)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="grpc-h2-loop", daemon=True
-        )
-        self._thread.start()
+        self._runner = LoopThread("grpc-h2-loop")
+        self._loop = self._runner.loop
+        self._thread = self._runner.thread
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._connections: set[_Connection] = set()
@@ -733,13 +730,7 @@ class H2Transport:
             if self._thread.is_alive():
                 self.run(shut(), timeout=5)
         finally:
-            if self._thread.is_alive():
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(cancel_pending_tasks(), self._loop).result(5)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            if not self._thread.is_alive():
-                self._loop.close()
+            self._runner.stop()
 
     def __enter__(self) -> Self:
         return self

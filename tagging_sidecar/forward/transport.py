@@ -10,8 +10,6 @@ waits on a future, so the number of workers no longer costs CPU.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -20,16 +18,9 @@ from grpc import aio
 
 from tagging_sidecar.config import GrpcSettings
 from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
+from tagging_sidecar.forward.loop import LoopThread
 
 T = TypeVar("T")
-
-
-async def cancel_pending_tasks() -> None:
-    """Cancel every other task on this loop and let them finish, so none is left pending."""
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _identity(payload: bytes) -> bytes:
@@ -70,11 +61,8 @@ class AioTransport:
         on_state: Callable[[grpc.ChannelConnectivity], None] | None = None,
     ) -> None:
         self._settings = settings
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="grpc-loop", daemon=True
-        )
-        self._thread.start()
+        self._runner = LoopThread("grpc-loop")
+        self._loop = self._runner.loop
         self._on_state = on_state
         self._channel: aio.Channel = self.run(self._open(), timeout=30)
         self._calls = {
@@ -149,11 +137,4 @@ class AioTransport:
         try:
             self.run(self._channel.close(grace=None), timeout=5)
         finally:
-            if self._thread.is_alive():
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(cancel_pending_tasks(), self._loop).result(5)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            if not self._thread.is_alive():
-                # A stopped loop still holds its selector and self-pipe until closed.
-                self._loop.close()
+            self._runner.stop()
