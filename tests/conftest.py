@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,10 +14,30 @@ import pytest
 from tagging_sidecar.observe.logs import configure_logging
 from tagging_sidecar.sink import SinkServer
 
+from .support import gosink
 from .support.harness import SidecarProcess, create_topic
 from .support.kafka_broker import LocalKafka
 
 configure_logging("console", "WARNING")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def go_sink_built_in_the_background() -> Iterator[None]:
+    """Start building the Go sink at once, so that on a machine that never built it the compile
+    overlaps the tests that run before the first one needing it (which waits for the build)."""
+    if gosink.go_executable() is None:
+        yield
+        return
+
+    def build() -> None:
+        # A failure is reported by the test that needs the binary, which builds again.
+        with contextlib.suppress(Exception):
+            gosink.build()
+
+    builder = threading.Thread(target=build, name="gosink-build", daemon=True)
+    builder.start()
+    yield
+    builder.join(300)
 
 
 @pytest.fixture(scope="session")
