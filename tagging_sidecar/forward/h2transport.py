@@ -61,6 +61,9 @@ T = TypeVar("T")
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 #: RST_STREAM error codes as gRPC reads them (gRPC's PROTOCOL-HTTP2 document); INTERNAL otherwise
+#: how often a call refused before processing (REFUSED_STREAM) is sent again
+_REFUSED_RETRIES = 3
+
 _RESET_STATUS: dict[int, grpc.StatusCode] = {
     h2.errors.ErrorCodes.REFUSED_STREAM: grpc.StatusCode.UNAVAILABLE,
     h2.errors.ErrorCodes.CANCEL: grpc.StatusCode.CANCELLED,
@@ -156,7 +159,7 @@ def frame_messages(messages: Sequence[bytes], max_message_bytes: int) -> bytes:
 class _Call:
     """One stream's state, filled in by the connection as events arrive."""
 
-    __slots__ = ("data", "done", "headers", "stream_id", "trailers")
+    __slots__ = ("data", "done", "headers", "refused", "stream_id", "trailers")
 
     def __init__(self, stream_id: int, done: asyncio.Future[None]) -> None:
         self.stream_id = stream_id
@@ -164,6 +167,8 @@ class _Call:
         self.headers: dict[str, str] = {}
         self.trailers: dict[str, str] = {}
         self.data = bytearray()
+        #: reset with REFUSED_STREAM before any answer: the server processed nothing
+        self.refused = False
 
     def fail(self, code: grpc.StatusCode, details: str) -> None:
         """End the call with this status unless it has ended already."""
@@ -337,6 +342,8 @@ class _Connection(asyncio.Protocol):
             call = self.calls.get(event.stream_id or 0)
             if call is not None:
                 code = _RESET_STATUS.get(event.error_code or 0, grpc.StatusCode.INTERNAL)
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                call.refused = refused and not call.headers
                 call.fail(code, f"stream reset by the server ({event.error_code!s})")
             self._wake()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
@@ -624,32 +631,43 @@ class H2Transport:
         connection: _Connection | None = None
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    connection = await self._connect()
-                    stream_id = await self._stream_id(connection, method, timeout)
-                    if stream_id is not None:
-                        break
-                call = _Call(stream_id, self._loop.create_future())
-                connection.calls[stream_id] = call
-                try:
+                for attempt in range(_REFUSED_RETRIES + 1):
+                    while True:
+                        connection = await self._connect()
+                        stream_id = await self._stream_id(connection, method, timeout)
+                        if stream_id is not None:
+                            break
+                    call = _Call(stream_id, self._loop.create_future())
                     try:
-                        await self._send_body(connection, call, body)
-                    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                        # The stream closed while sending: its status, if any, tells why.
-                        if not call.done.done():
-                            call.fail(
-                                grpc.StatusCode.UNAVAILABLE, connection.error or "stream closed"
-                            )
-                    await call.done
-                finally:
-                    del connection.calls[stream_id]
-                    # Given up on, or answered before we sent everything: free the stream.
-                    connection.release(stream_id)
+                        await self._exchange(connection, call, body)
+                        break
+                    except H2CallError:
+                        # A refused stream was never processed (a server at its stream limit
+                        # before our SETTINGS view caught up): send it again, as gRPC allows.
+                        if not call.refused or attempt == _REFUSED_RETRIES:
+                            raise
         except TimeoutError:
             if connection is not None:
                 connection.probe(self._probe_seconds, self._probe_interval)
             raise
         return self._response(call)
+
+    async def _exchange(self, connection: _Connection, call: _Call, body: bytes) -> None:
+        """Send ``body`` on ``call``'s stream and wait for its end (raises its failure)."""
+        stream_id = call.stream_id
+        connection.calls[stream_id] = call
+        try:
+            try:
+                await self._send_body(connection, call, body)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                # The stream closed while sending: its status, if any, tells why.
+                if not call.done.done():
+                    call.fail(grpc.StatusCode.UNAVAILABLE, connection.error or "stream closed")
+            await call.done
+        finally:
+            del connection.calls[stream_id]
+            # Given up on, or answered before we sent everything: free the stream.
+            connection.release(stream_id)
 
     @staticmethod
     def _response(call: _Call) -> StreamMetricResponse:

@@ -431,6 +431,25 @@ def test_rst_stream_maps_to_the_grpc_status(
         assert caught.value.code() is code
 
 
+def test_a_stream_refused_before_processing_is_sent_again(transports: list[H2Transport]) -> None:
+    """REFUSED_STREAM means the server processed nothing (e.g. a stream over its limit): the
+    call goes out again on a new stream and succeeds; every other reset ends it."""
+    refused: list[int] = []
+
+    def refuse_once(server: ScriptedServer, proto: _Protocol, stream_id: int, r: Request) -> None:
+        if not refused:
+            refused.append(stream_id)
+            proto.conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        ok(server, proto, stream_id, r)
+
+    with ScriptedServer(refuse_once) as server:
+        transport = _transport(transports, server.target)
+        response = transport.stream(SINGLE_METHOD, _payloads(2), 5)
+    assert response.received == 2
+    assert len(refused) == 1
+
+
 @pytest.mark.parametrize(
     ("status", "code"),
     [
