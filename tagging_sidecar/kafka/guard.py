@@ -10,27 +10,57 @@ seconds later, so a small failure rate would look like a large one at start-up.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Run:
+    """Consecutive equal outcomes."""
+
+    failed: bool
+    count: int
 
 
 class _Window:
-    """The last ``size`` outcomes, and how many of them failed."""
+    """The last ``size`` outcomes, and how many of them failed.
+
+    Outcomes arrive in runs (a whole call's worth at once), so they are kept as runs of equal
+    outcomes: adding costs the same for one outcome or a thousand.
+    """
 
     def __init__(self, size: int) -> None:
-        self._outcomes: deque[bool] = deque(maxlen=size)
+        self._size = size
+        self._runs: deque[_Run] = deque()  # oldest first
+        self._length = 0
         self.failures = 0
 
     def add(self, failed: bool, count: int) -> None:
-        outcomes = self._outcomes
-        limit = outcomes.maxlen or count
-        for _ in range(min(count, limit)):
-            if len(outcomes) == limit and outcomes[0]:
-                self.failures -= 1
-            outcomes.append(failed)
-            if failed:
-                self.failures += 1
+        """Append ``count`` equal outcomes, dropping the oldest beyond the window."""
+        count = min(count, self._size)
+        if count <= 0:
+            return
+        runs = self._runs
+        if runs and runs[-1].failed is failed:
+            runs[-1].count += count
+        else:
+            runs.append(_Run(failed, count))
+        self._length += count
+        if failed:
+            self.failures += count
+        excess = self._length - self._size
+        while excess > 0:
+            oldest = runs[0]
+            dropped = min(excess, oldest.count)
+            oldest.count -= dropped
+            if oldest.count == 0:
+                runs.popleft()
+            if oldest.failed:
+                self.failures -= dropped
+            self._length -= dropped
+            excess -= dropped
 
     def __len__(self) -> int:
-        return len(self._outcomes)
+        return self._length
 
 
 class FailureRateGuard:

@@ -8,11 +8,16 @@ commit position can never pass it; what happens next depends on the record:
   as ``TAGGING_DECODE__TOMBSTONES`` says;
 * undecodable: rejected (dead-lettered, or its partition stopped);
 * otherwise: handed on in per-ordering-unit chunks, counted in flight.
+
+This runs once per record on the poll thread, the sidecar's busiest: a partition's state is
+looked up once per ``consume()`` result (a *run* of its messages), its offsets are tracked as
+a run, and chunks are filled as records are read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tagging_sidecar.config import Ordering, TombstonePolicy
@@ -21,7 +26,7 @@ from tagging_sidecar.errors import DecodeError
 from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Tally
 from tagging_sidecar.kafka.partitions import PartitionStates
-from tagging_sidecar.kafka.records import Chunk, Headers, Record, chunk_by_unit
+from tagging_sidecar.kafka.records import PARTITION_LANE, Chunk, Headers, Record, ordering_unit
 from tagging_sidecar.kafka.watermark import PartitionWatermark
 from tagging_sidecar.observe.metrics import Metrics
 
@@ -37,6 +42,21 @@ class Message(Protocol):
     def value(self) -> bytes | None: ...
     def headers(self) -> Headers | None: ...
     def timestamp(self) -> tuple[int, int]: ...
+
+
+@dataclass(slots=True)
+class _Run:
+    """One partition's messages within one ``consume()`` result, while they are read."""
+
+    tp: tuple[str, int]
+    #: None: the partition is not ours or is halted; its messages are passed over
+    watermark: PartitionWatermark | None
+    #: the lowest offset the watermark accepts next (None: any)
+    floor: int | None = None
+    offsets: list[int] = field(default_factory=list)
+    #: records per lane, in offset order
+    lanes: dict[int, Chunk] = field(default_factory=dict)
+    size: int = 0
 
 
 class Ingest:
@@ -71,68 +91,134 @@ class Ingest:
         """Track, decode and chunk ``messages`` (errors among them are not records);
         ``consumed_at`` is when ``consume()`` returned them (a reading of the processor's
         clock)."""
-        records: list[Record] = []
-        partitions = self._partitions
-        consumed = 0
+        chunks: list[tuple[Hashable, Chunk]] = []
+        runs: dict[tuple[str | None, int | None], _Run] = {}
+        decode = self._decode
+        lanes = self._lanes if self._ordering is Ordering.KEY else 0
+        consumed = decoded = 0
         for message in messages:
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            assert topic is not None and partition is not None and offset is not None
-            tp = (topic, partition)
-            watermark = partitions.watermark(tp)
-            if watermark is None or partitions.halted(tp):
-                continue  # revoked or stopped in this batch: read again by whoever owns it
-            try:
-                watermark.track(offset)
-            except ValueError:
-                watermark = partitions.reset(tp, offset)
-                watermark.track(offset)
+            where = (message.topic(), message.partition())
+            run = runs.get(where)
+            if run is None:
+                run = runs[where] = self._open(where)
+            watermark = run.watermark
+            if watermark is None:
+                continue  # revoked or stopped: read again by whoever owns it
+            offset = message.offset()
+            assert offset is not None
+            if run.floor is not None and offset < run.floor:
+                # Offsets went back (the log was truncated, or reset): start the partition afresh.
+                self._close(run, chunks)
+                run = runs[where] = _Run(run.tp, self._partitions.reset(run.tp, offset))
+                watermark = run.watermark
+                assert watermark is not None
+            run.offsets.append(offset)
+            run.floor = offset + 1
             consumed += 1
-            if watermark.delivered_before and offset in watermark.delivered_before:
-                self._skip(watermark, offset, "delivered_before")
+            value = message.value()
+            before = watermark.delivered_before
+            if (before and offset in before) or value is None:
+                # Rare: the offset must be tracked before it is settled, and settling may halt
+                # the partition, so its state is read again for the next message.
+                self._close(run, chunks)
+                del runs[where]
+                self._settle_unsent(message, run.tp, offset, watermark, value)
                 continue
-            record = self._record(message, tp, offset, watermark)
-            if record is not None:
-                records.append(record)
+            try:
+                payload = decode(value)
+            except DecodeError as exc:
+                self._close(run, chunks)
+                del runs[where]
+                self._router.guard.decoded(failed=1)
+                record = self._record(message, run.tp, offset, watermark, value)
+                self._refuse(record, exc, "decode")
+                continue
+            decoded += 1
+            key = message.key()
+            tp = run.tp
+            record = Record(
+                tp[0],
+                tp[1],
+                offset,
+                key,
+                payload,
+                watermark,
+                None if payload is value else value,  # protobuf input is forwarded as it came
+                message.headers(),
+                message.timestamp()[1],
+            )
+            lane = hash(key) % lanes if lanes and key is not None else PARTITION_LANE
+            chunk = run.lanes.get(lane)
+            if chunk is None:
+                chunk = run.lanes[lane] = Chunk((), consumed_at)
+            chunk.append(record)
+            run.size += len(payload)
+        for run in runs.values():
+            self._close(run, chunks)
         self._tally.consumed += consumed
         self._metrics.records_consumed.inc(consumed)
-        self._router.guard.decoded(ok=len(records))
-        chunks = chunk_by_unit(records, self._ordering, self._lanes)
-        for _, chunk in chunks:
-            chunk.consumed = consumed_at
-            head = chunk[0]
-            size = sum(len(r.payload) for r in chunk)
-            self._inflight.admit((head.topic, head.partition), len(chunk), size)
+        self._router.guard.decoded(ok=decoded)
         return chunks
 
-    def _record(
-        self, message: Message, tp: tuple[str, int], offset: int, watermark: PartitionWatermark
-    ) -> Record | None:
-        value = message.value()
-        key, headers = message.key(), message.headers()
-        stamp = message.timestamp()[1]
-        record = Record(tp[0], tp[1], offset, key, b"", watermark, value, headers, stamp)
-        if value is None:
-            self._tombstone(record)
-            return None
-        try:
-            payload = self._decode(value)
-        except DecodeError as exc:
-            self._router.guard.decoded(failed=1)
-            self._refuse(record, exc, "decode")
-            return None
-        record.payload = payload
-        if payload is value:
-            record.original = None  # protobuf input: forwarded as it came, kept once
-        return record
+    def _open(self, where: tuple[str | None, int | None]) -> _Run:
+        topic, partition = where
+        assert topic is not None and partition is not None  # errors were taken out before
+        tp = (topic, partition)
+        partitions = self._partitions
+        watermark = partitions.watermark(tp)
+        if watermark is None or partitions.halted(tp):
+            return _Run(tp, None)
+        return _Run(tp, watermark, watermark.next_trackable())
 
-    def _tombstone(self, record: Record) -> None:
+    def _close(self, run: _Run, chunks: list[tuple[Hashable, Chunk]]) -> None:
+        """Track the run's offsets, count its records in flight and hand on its chunks."""
+        if run.watermark is None or not run.offsets:
+            return
+        run.watermark.track_all(run.offsets)
+        run.offsets = []
+        if not run.lanes:
+            return
+        count = 0
+        for lane, chunk in run.lanes.items():
+            chunks.append((ordering_unit(run.tp, lane, self._ordering), chunk))
+            count += len(chunk)
+        self._inflight.admit(run.tp, count, run.size)
+        run.lanes = {}
+        run.size = 0
+
+    @staticmethod
+    def _record(
+        message: Message,
+        tp: tuple[str, int],
+        offset: int,
+        watermark: PartitionWatermark,
+        value: bytes | None,
+    ) -> Record:
+        """A record that is not sent (undecodable or null): nothing to forward, its value kept."""
+        key, headers, stamp = message.key(), message.headers(), message.timestamp()[1]
+        return Record(tp[0], tp[1], offset, key, b"", watermark, value, headers, stamp)
+
+    def _settle_unsent(
+        self,
+        message: Message,
+        tp: tuple[str, int],
+        offset: int,
+        watermark: PartitionWatermark,
+        value: bytes | None,
+    ) -> None:
+        """A record that is not sent: delivered by a previous owner, or a tombstone."""
+        if watermark.delivered_before and offset in watermark.delivered_before:
+            self._skip(watermark, offset, "delivered_before")
+            return
         policy = self._tombstones
         if policy is TombstonePolicy.SKIP:
-            self._skip(record.watermark, record.offset, "tombstone")
-        elif policy is TombstonePolicy.DEAD_LETTER:
+            self._skip(watermark, offset, "tombstone")
+            return
+        record = self._record(message, tp, offset, watermark, value)
+        if policy is TombstonePolicy.DEAD_LETTER:
             self._refuse(record, DecodeError("record value is null (a tombstone)"), "tombstone")
         else:
-            self._inflight.admit((record.topic, record.partition), 1, 0)
+            self._inflight.admit(tp, 1, 0)
             self._router.halt(record, "record value is null (TAGGING_DECODE__TOMBSTONES=stop)")
 
     def _refuse(self, record: Record, error: DecodeError, reason: str) -> None:

@@ -141,11 +141,20 @@ class OutcomeRouter:
             head = chunk[0]
             tp = (head.topic, head.partition)
             live = self._partitions.is_current(tp, head.watermark)
+            if not failed:
+                # The common case, a whole chunk acknowledged: no work per record but its offset.
+                count = len(chunk)
+                forwarded += count
+                self._inflight.release(tp, count, sum([len(record.payload) for record in chunk]))
+                if live:
+                    head.watermark.done_all([record.offset for record in chunk])
+                    self._inflight.delivered(tp, count)
+                continue
             settled = 0
             size = 0
             delivered = 0
             for record in chunk:
-                error = failed.get(id(record)) if failed else None
+                error = failed.get(id(record))
                 if error is None:
                     forwarded += 1
                     settled += 1

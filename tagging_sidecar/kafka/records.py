@@ -65,39 +65,29 @@ class Chunk(list[Record]):
         self.consumed = self.offered = self.taken = self.acked = consumed
 
 
-def ordering_unit(record: Record, ordering: Ordering, lanes: int = 1) -> Hashable:
-    """The unit within which records must stay in offset order (None: no ordering).
+#: the lane of a partition's keyless records (and of every record outside ``key`` ordering)
+PARTITION_LANE = -1
+
+
+def lane_of(key: bytes | None, ordering: Ordering, lanes: int) -> int:
+    """The lane of its partition a record with ``key`` travels in.
 
     In ``key`` mode the keys of a partition are spread over ``lanes`` lanes by hash: records of
     one key always share a lane, so they stay in order, while a lane gathers many keys into one
     chunk. With as many lanes as workers no parallelism is lost, and chunks stay large enough
     to batch well even when every record has a different key. Keyless records keep the order
-    of their partition.
+    of their partition (:data:`PARTITION_LANE`), as every record does in the other modes.
     """
-    if ordering is Ordering.KEY:
-        if record.key is None:
-            return (record.topic, record.partition)
-        return (record.topic, record.partition, hash(record.key) % lanes)
-    if ordering is Ordering.PARTITION:
-        return (record.topic, record.partition)
-    return None
+    if key is None or ordering is not Ordering.KEY:
+        return PARTITION_LANE
+    return hash(key) % lanes
 
 
-def chunk_by_unit(
-    records: Iterable[Record], ordering: Ordering, lanes: int = 1
-) -> list[tuple[Hashable, Chunk]]:
-    """Split consumed records into per-unit chunks, each in offset order.
-
-    Unordered records are still grouped per partition so that a chunk is a useful batch.
-    """
-    chunks: dict[Hashable, Chunk] = {}
-    for record in records:
-        unit = ordering_unit(record, ordering, lanes)
-        group = unit if unit is not None else (record.topic, record.partition)
-        chunk = chunks.get(group)
-        if chunk is None:
-            chunks[group] = chunk = Chunk()
-        chunk.append(record)
+def ordering_unit(tp: tuple[str, int], lane: int, ordering: Ordering) -> Hashable:
+    """The unit within which the records of ``tp``'s ``lane`` must stay in offset order
+    (None: no ordering; the pool may run such chunks side by side)."""
     if ordering is Ordering.UNORDERED:
-        return [(None, chunk) for chunk in chunks.values()]
-    return list(chunks.items())
+        return None
+    if lane == PARTITION_LANE:
+        return tp
+    return (*tp, lane)

@@ -52,6 +52,39 @@ class PartitionWatermark:
             raise ValueError(f"offset {offset} tracked below position {self._next}")
         self._pending.append(offset)
 
+    def next_trackable(self) -> int | None:
+        """The lowest offset :meth:`track` accepts next (None: any)."""
+        return self._pending[-1] + 1 if self._pending else self._next
+
+    def track_all(self, offsets: list[int]) -> None:
+        """Track a run of offsets at once; the caller has checked that they increase and that
+        the first is at least :meth:`next_trackable`."""
+        if offsets:
+            floor = self.next_trackable()
+            if floor is not None and offsets[0] < floor:
+                raise ValueError(f"offset {offsets[0]} tracked below {floor}")
+            self._pending.extend(offsets)
+
+    def done_all(self, offsets: list[int]) -> None:
+        """:meth:`done` for each of ``offsets`` (a whole acknowledged chunk), in one pass."""
+        pending = self._pending
+        if not pending:
+            return
+        head = pending[0]
+        finished = self._done
+        finished.update([offset for offset in offsets if offset >= head])
+        if head not in finished:
+            # The position stays: only the offsets done above it (the metadata) changed.
+            self.done_version += 1
+            return
+        last = head
+        while pending and pending[0] in finished:
+            last = pending.popleft()
+            finished.discard(last)
+        self.moved = True
+        if not pending:
+            self._next = last + 1
+
     def done(self, offset: int) -> None:
         """Record that a tracked ``offset`` needs no more work; call once per offset."""
         pending = self._pending

@@ -7,11 +7,13 @@ import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tagging_sidecar.errors import PermanentForwardError, RetryableForwardError
 from tagging_sidecar.kafka.commit import Committer
 from tagging_sidecar.kafka.deadletter import DeadLetterProducer
-from tagging_sidecar.kafka.guard import FailureRateGuard
+from tagging_sidecar.kafka.guard import FailureRateGuard, _Window
 from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.offsetmap import decode_done
 from tagging_sidecar.kafka.outcomes import BatchDone, DeadLetterDone, OutcomeRouter, Tally
@@ -210,6 +212,22 @@ def test_the_guard_judges_decodes_and_deliveries_separately() -> None:
     assert not guard.tripped()
     guard.delivered(failed=11, ok=9)
     assert guard.tripped()
+
+
+@given(
+    size=st.integers(1, 50),
+    adds=st.lists(st.tuples(st.booleans(), st.integers(0, 120)), max_size=30),
+)
+def test_the_guard_window_holds_exactly_the_last_outcomes(
+    size: int, adds: list[tuple[bool, int]]
+) -> None:
+    window = _Window(size)
+    model: list[bool] = []
+    for failed, count in adds:
+        window.add(failed, count)
+        model = (model + [failed] * count)[-size:]
+        assert len(window) == len(model)
+        assert window.failures == sum(model)
 
 
 class _Producer:

@@ -65,6 +65,25 @@ def test_size_limit_applies_to_the_forwarded_bytes() -> None:
     assert decode(sample().SerializeToString())
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"\xff\xff\xff", "not a serialized"),
+        (Tagging(subject="no id").SerializeToString(), "id is empty"),
+    ],
+)
+def test_a_decoder_judges_each_record_on_its_own(value: bytes | None, message: str) -> None:
+    # The protobuf decoder reuses one message: a good record before must not make a bad one pass.
+    decode = decoder_for(InputFormat.PROTOBUF, max_bytes=1 << 20)
+    good = sample().SerializeToString()
+    assert decode(good) is good
+    with pytest.raises(DecodeError, match=message):
+        decode(value)
+    assert decode(good) is good
+
+
 @given(
     record_id=st.text(min_size=1, max_size=20),
     value=st.floats(allow_nan=False, allow_infinity=False),

@@ -1,45 +1,114 @@
-"""Grouping consumed records into ordering units."""
+"""Grouping consumed records into ordering units, as ``Ingest`` does on the poll thread."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tagging_sidecar.config import Ordering
-from tagging_sidecar.kafka.records import Record, chunk_by_unit
-from tagging_sidecar.kafka.watermark import PartitionWatermark
+from tagging_sidecar.config import InputFormat, Ordering, TombstonePolicy
+from tagging_sidecar.decode import decoder_for
+from tagging_sidecar.kafka.inflight import InFlight
+from tagging_sidecar.kafka.ingest import Ingest
+from tagging_sidecar.kafka.outcomes import OutcomeRouter, Tally
+from tagging_sidecar.kafka.partitions import PartitionStates
+from tagging_sidecar.kafka.records import Chunk
+from tagging_sidecar.observe.metrics import Metrics
 
-MARK = PartitionWatermark()
+from ..sim.kafka import FakeBroker, FakeConsumer, FakeMessage
+from ..sim.world import record_value
+
+KEYS = [None, b"a", b"b", b"c", b"d", b"e"]
 
 
-def record(partition: int, offset: int, key: bytes | None) -> Record:
-    return Record("t", partition, offset, key, b"", MARK)
+def _ingest(ordering: Ordering, lanes: int) -> tuple[Ingest, PartitionStates, InFlight]:
+    broker = FakeBroker()
+    broker.create("t", 3)
+    states = PartitionStates(FakeConsumer(broker))
+    states.assign({("t", p): (None, frozenset()) for p in range(3)})
+    inflight = InFlight(10_000, 1 << 30)
+    metrics, tally = Metrics(), Tally()
+    router = OutcomeRouter(
+        partitions=states,
+        inflight=inflight,
+        dead_letters=None,  # an undecodable record halts its partition
+        metrics=metrics,
+        tally=tally,
+        cancel=threading.Event(),
+    )
+    ingest = Ingest(
+        decode=decoder_for(InputFormat.PROTOBUF, 1 << 20),
+        tombstones=TombstonePolicy.SKIP,
+        ordering=ordering,
+        lanes=lanes,
+        partitions=states,
+        inflight=inflight,
+        router=router,
+        metrics=metrics,
+        tally=tally,
+    )
+    return ingest, states, inflight
+
+
+messages_spec = st.lists(
+    st.tuples(
+        st.integers(0, 2),
+        st.sampled_from(KEYS),
+        st.sampled_from(["ok"] * 8 + ["poison", "tombstone"]),
+    ),
+    max_size=60,
+)
 
 
 @given(
-    st.lists(
-        st.tuples(st.integers(0, 2), st.sampled_from([None, b"a", b"b", b"c", b"d", b"e"])),
-        max_size=60,
-    ),
-    st.integers(1, 8),
+    batches=st.lists(messages_spec, min_size=1, max_size=3),
+    ordering=st.sampled_from(list(Ordering)),
+    lanes=st.integers(1, 8),
 )
-def test_key_mode_keeps_each_key_in_one_chunk_in_offset_order(
-    spec: list[tuple[int, bytes | None]], lanes: int
+def test_chunks_keep_every_unit_in_offset_order_and_lose_nothing_sendable(
+    batches: list[list[tuple[int, bytes | None, str]]], ordering: Ordering, lanes: int
 ) -> None:
-    records = [record(p, offset, key) for offset, (p, key) in enumerate(spec)]
-    chunks = chunk_by_unit(records, Ordering.KEY, lanes)
-    assert sorted(r.offset for _, c in chunks for r in c) == list(range(len(records)))
-    home: dict[tuple[int, bytes | None], object] = {}
-    for unit, chunk in chunks:
-        assert [r.offset for r in chunk] == sorted(r.offset for r in chunk)
+    ingest, states, inflight = _ingest(ordering, lanes)
+    next_offset = [0, 0, 0]
+    halted: set[int] = set()
+    expected: list[tuple[int, int]] = []  # (partition, offset) of every record to send
+    units: list[tuple[Hashable, Chunk]] = []
+    for spec in batches:
+        messages = []
+        for partition, key, kind in spec:
+            offset = next_offset[partition]
+            next_offset[partition] += 1
+            messages.append(FakeMessage("t", partition, offset, key, record_value("r", kind)))
+            if partition in halted:
+                continue
+            if kind == "poison":
+                halted.add(partition)  # no dead-letter topic: the partition stops there
+            elif kind == "ok":
+                expected.append((partition, offset))
+        units += ingest(messages)
+    sent = [(r.partition, r.offset) for _, chunk in units for r in chunk]
+    assert sorted(sent) == sorted(expected)
+    assert inflight.records == len(sent)  # a halted record is settled at once
+    home: dict[tuple[int, bytes | None], Hashable] = {}
+    last_of_unit: dict[Hashable, int] = {}
+    for unit, chunk in units:
+        assert len({(r.topic, r.partition) for r in chunk}) == 1
+        offsets = [r.offset for r in chunk]
+        assert offsets == sorted(offsets)
+        head = chunk[0]
+        if ordering is Ordering.UNORDERED:
+            assert unit is None
+            continue
+        if ordering is Ordering.PARTITION:
+            assert unit == ("t", head.partition)
+        # Later chunks of a unit carry later offsets: the pool sends a unit's chunks in order.
+        assert last_of_unit.get(unit, -1) < offsets[0]
+        last_of_unit[unit] = offsets[-1]
         for r in chunk:
             assert home.setdefault((r.partition, r.key), unit) == unit
-    assert len(chunks) <= 3 * (lanes + 1)
-
-
-def test_partition_and_unordered_modes() -> None:
-    records = [record(i % 2, i, b"k%d" % i) for i in range(6)]
-    by_partition = chunk_by_unit(records, Ordering.PARTITION)
-    assert [[r.offset for r in c] for _, c in by_partition] == [[0, 2, 4], [1, 3, 5]]
-    unordered = chunk_by_unit(records, Ordering.UNORDERED)
-    assert [unit for unit, _ in unordered] == [None, None]
+    if ordering is Ordering.KEY:
+        assert len({unit for unit, _ in units}) <= 3 * (lanes + 1)
+    for partition in halted:
+        assert states.halted(("t", partition))

@@ -78,12 +78,15 @@ class WatermarkMachine(RuleBasedStateMachine):
         self.in_flight: set[int] = set()
         self.last_done_or_tracked = -1
         self.committed_history: list[int] = []
+        self.tracked: set[int] = set()
+        self.sent_done_above: set[int] = set()
 
     @rule(gap=st.integers(min_value=0, max_value=3))
     def dispatch(self, gap: int) -> None:
         offset = self.next_offset + gap  # gaps model compacted topics
         self.watermark.track(offset)
         self.in_flight.add(offset)
+        self.tracked.add(offset)
         self.last_done_or_tracked = offset
         self.next_offset = offset + 1
 
@@ -94,12 +97,44 @@ class WatermarkMachine(RuleBasedStateMachine):
         self.in_flight.discard(offset)
         self.watermark.done(offset)
 
+    @rule(gaps=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=8))
+    def dispatch_run(self, gaps: list[int]) -> None:
+        offsets = []
+        for gap in gaps:
+            offsets.append(self.next_offset + gap)
+            self.next_offset = offsets[-1] + 1
+        self.watermark.track_all(offsets)
+        self.in_flight.update(offsets)
+        self.tracked.update(offsets)
+        self.last_done_or_tracked = offsets[-1]
+
+    @precondition(lambda self: bool(self.in_flight))
+    @rule(data=st.data())
+    def complete_many(self, data: st.DataObject) -> None:
+        offsets = data.draw(st.lists(st.sampled_from(sorted(self.in_flight)), unique=True))
+        self.in_flight.difference_update(offsets)
+        self.watermark.done_all(sorted(offsets))
+
+    @invariant()
+    def done_offsets_above_the_position_are_the_metadata(self) -> None:
+        position = self.watermark.position()
+        done = self.tracked - self.in_flight
+        expected = {o for o in done if position is not None and o > position}
+        assert self.watermark.done_above() == expected
+
+    @invariant()
+    def a_change_of_the_metadata_is_committed_again(self) -> None:
+        if self.committed_history and self.watermark.done_above() != self.sent_done_above:
+            assert self.watermark.uncommitted() is not None
+
     @rule()
     def commit(self) -> None:
         position = self.watermark.uncommitted()
         if position is not None:
             self.watermark.mark_committed(position)
+            self.watermark.sent_version = self.watermark.done_version
             self.committed_history.append(position)
+            self.sent_done_above = set(self.watermark.done_above())
 
     @invariant()
     def position_is_lowest_in_flight(self) -> None:
