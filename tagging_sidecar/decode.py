@@ -52,8 +52,9 @@ def decode_json(value: bytes | None) -> bytes:
 def decoder_for(fmt: InputFormat, max_bytes: int) -> Decoder:
     """Return the decoder for ``fmt`` that also rejects results larger than ``max_bytes``.
 
-    The protobuf decoder parses into one message it keeps (parsing clears it first), which
-    halves the cost of a fresh message per record; so a decoder belongs to one thread.
+    The protobuf decoder parses into a message it keeps for :data:`PARSES_PER_MESSAGE` records
+    (parsing clears it first), which halves the cost of a fresh message per record; so a
+    decoder belongs to one thread.
     """
     if fmt is InputFormat.PROTOBUF:
         return _protobuf_decoder(max_bytes)
@@ -67,18 +68,28 @@ def decoder_for(fmt: InputFormat, max_bytes: int) -> Decoder:
     return decode
 
 
+#: records parsed into one message before it is replaced: protobuf's upb runtime allocates from
+#: an arena that clearing a message does not shrink, so a message reused forever would grow by
+#: every record it ever parsed
+PARSES_PER_MESSAGE = 1024
+
+
 def _protobuf_decoder(max_bytes: int) -> Decoder:
     scratch = Tagging()
-    parse = scratch.ParseFromString
+    parsed = 0
 
     def decode(value: bytes | None) -> bytes:
+        nonlocal scratch, parsed
         # decode_protobuf's checks, inlined: this runs once per record on the poll thread.
         if not value:
             raise DecodeError("record value is empty")
         if len(value) > max_bytes:
             raise DecodeError(f"record of {len(value)} bytes exceeds the limit of {max_bytes}")
+        parsed += 1
+        if parsed >= PARSES_PER_MESSAGE:
+            scratch, parsed = Tagging(), 0
         try:
-            parse(value)
+            scratch.ParseFromString(value)
         except ProtobufDecodeError:
             raise DecodeError("record value is not a serialized tagging.v1.Tagging") from None
         _require_id(scratch)
