@@ -447,9 +447,10 @@ class PoolSettings(_Section):
         default=0.005,
         ge=0,
         le=1,
-        description="seconds a worker with fewer than 128 records waiting (or the largest "
-        "batch, if smaller) waits for more; a live trickle would otherwise make one call per "
-        "record (`0`: send at once)",
+        description="while fewer than 128 records wait for a worker (or the largest batch, if "
+        "smaller), the oldest of them waits this many seconds for more, counted from its "
+        "arrival and including any wait for a free call; a live trickle would otherwise make "
+        "one call per record (`0`: send at once)",
     )
     max_inflight_bytes: int = Field(
         default=64 * 1024 * 1024,

@@ -63,8 +63,9 @@ class WorkerPool(SlotWorkers[R]):
     ``dispatcher_factory`` is called once per slot (the seed's one dispatcher per worker).
     ``on_done(items, rejected)`` runs on the worker thread after each batch; ``rejected`` lists
     the items the dispatcher gave up on. ``max_batch`` caps the weight of one batch; a worker
-    with little waiting (less than ``LINGER_BELOW``, or ``max_batch`` if smaller) waits up to
-    ``linger`` seconds for more before it processes.
+    with little waiting (less than ``LINGER_BELOW``, or ``max_batch`` if smaller) waits for more
+    until its oldest item has waited ``linger`` seconds (under a limiter, counting the wait for
+    a free call).
 
     Without ``limiter`` workers follow ``policy`` (the seed's backlog rule) and each slot holds
     ``queue_size`` weight. With an :class:`~tagging_sidecar.pool.limit.AdaptiveLimit`, calls
@@ -284,7 +285,7 @@ class WorkerPool(SlotWorkers[R]):
         return slot.queued_weight == 0 or slot.queued_weight + weight <= limit
 
     def _enqueue_locked(self, slot: _Slot[R], item: R, key: Hashable | None, weight: int) -> None:
-        slot.queue.append(_Entry(item, key, weight))
+        slot.queue.append(_Entry(item, key, weight, self._clock()))
         slot.queued_weight += weight
         self._backlog += weight
         if key is not None:

@@ -45,6 +45,8 @@ class _Entry(Generic[R]):
     item: R
     key: Hashable | None
     weight: int
+    #: when it was queued (a reading of the pool's clock): the linger counts from there
+    queued_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -189,11 +191,14 @@ class SlotWorkers(Generic[R]):
             while True:
                 if not self._await_work_locked(slot):
                     return None
-                self._linger_locked(slot)
                 if self._limiter is None:
+                    self._linger_locked(slot)
                     return self._take_prefix_locked(slot)
+                # The wait for a call to be free is time records spend gathering anyway, so
+                # the linger comes after it and counts from the oldest record's arrival.
                 if not self._await_permit_locked(slot):
                     return None
+                self._linger_locked(slot)
                 if slot.queue:
                     batch = self._take_share_locked(slot)
                     self._grant_locked()
@@ -217,15 +222,20 @@ class SlotWorkers(Generic[R]):
         return True
 
     def _linger_locked(self, slot: _Slot[R]) -> None:
+        """Wait while little is queued, until the oldest entry has waited ``linger``."""
+        if not self._lingers(slot):
+            return
+        # A trickle would otherwise make one call per record: wait briefly for more.
+        deadline = slot.queue[0].queued_at + self._linger
+        while self._lingers(slot) and not self._halted:
+            left = deadline - self._clock()
+            if left <= 0 or not slot.wakeup.wait(left):
+                break
+
+    def _lingers(self, slot: _Slot[R]) -> bool:
+        """Whether ``slot`` holds too little to be worth a call before its linger is over."""
         below = min(self._max_batch, LINGER_BELOW)
-        if self._linger and slot.queued_weight < below:
-            # A trickle would otherwise make one call per record: wait briefly for more.
-            deadline = time.monotonic() + self._linger
-            while slot.queued_weight < below and not self._halted:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                slot.wakeup.wait(left)
+        return bool(self._linger and slot.queue and slot.queued_weight < below)
 
     def _await_permit_locked(self, slot: _Slot[R]) -> bool:
         """Wait in line until a call may start (adaptive scaling); False when stopped."""
@@ -374,7 +384,7 @@ class SlotWorkers(Generic[R]):
         linger, and (with a limit) a call free with no other worker in line for it."""
         if self._halted or not slot.queue:
             return None
-        if self._linger and slot.queued_weight < min(self._max_batch, LINGER_BELOW):
+        if self._lingers(slot) and self._clock() - slot.queue[0].queued_at < self._linger:
             return None
         if self._limiter is None:
             return self._take_prefix_locked(slot)

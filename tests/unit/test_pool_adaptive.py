@@ -10,9 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagging_sidecar.pool import LimitChange, Rejected, ScalingPolicy, WorkerPool
-from tagging_sidecar.pool.worker import SPLIT_MIN
+from tagging_sidecar.pool.worker import LINGER_BELOW, SPLIT_MIN
 
 from .fakes import FakeClock, wait_until
+
+#: a linger no test waits out: a test that saw it pass would have timed out first
+LINGER = 60.0
 
 
 class ScriptedLimit:
@@ -85,7 +88,12 @@ class Shared:
 
 
 def make(
-    limit: ScriptedLimit, max_workers: int, min_workers: int = 1, max_batch: int = 1000
+    limit: ScriptedLimit,
+    max_workers: int,
+    min_workers: int = 1,
+    max_batch: int = 1000,
+    linger: float = 0.0,
+    clock: FakeClock | None = None,
 ) -> tuple[WorkerPool[Any], Shared]:
     shared = Shared(limit)
     policy = ScalingPolicy(min_workers=min_workers, max_workers=max_workers, queue_size=8)
@@ -94,11 +102,39 @@ def make(
         lambda _items, _rejected: None,
         policy,
         max_batch=max_batch,
-        clock=FakeClock(),
+        clock=clock or FakeClock(),
         limiter=limit,
+        linger=linger,
     )
     pool.start()
     return pool, shared
+
+
+def test_a_record_that_waited_for_a_free_call_does_not_linger_again() -> None:
+    # The linger counts from a record's arrival, and the wait for a call is part of it: a
+    # record queued behind a long call goes out as soon as the call ends. (It lingered a
+    # whole LINGER on top of that wait before.)
+    clock = FakeClock()
+    pool, shared = make(ScriptedLimit(1), max_workers=1, linger=LINGER, clock=clock)
+    held = shared.hold("first")
+    pool.dispatch("first", weight=LINGER_BELOW)  # enough not to linger
+    wait_until(lambda: pool.stats().calls_in_flight == 1)
+    pool.dispatch("second", weight=1)
+    clock.advance(LINGER + 1)  # the call took longer than the linger
+    held.set()
+    wait_until(lambda: len(shared.batches) == 2, timeout=LINGER / 3)
+    assert shared.batches == [["first"], ["second"]]
+    pool.stop(drain=True, timeout=20)
+
+
+def test_a_lone_record_lingers_for_company_until_enough_arrive() -> None:
+    clock = FakeClock()
+    pool, shared = make(ScriptedLimit(1), max_workers=1, linger=LINGER, clock=clock)
+    pool.dispatch("alone", weight=1)
+    pool.dispatch("company", weight=LINGER_BELOW - 1)  # together worth a call at once
+    wait_until(lambda: len(shared.batches) == 1, timeout=LINGER / 3)
+    assert shared.batches == [["alone", "company"]]
+    pool.stop(drain=True, timeout=20)
 
 
 def test_one_call_carries_everything_waiting_while_the_limit_is_one() -> None:
