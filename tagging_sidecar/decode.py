@@ -92,7 +92,8 @@ def _protobuf_decoder(max_bytes: int) -> Decoder:
             scratch.ParseFromString(value)
         except ProtobufDecodeError:
             raise DecodeError("record value is not a serialized tagging.v1.Tagging") from None
-        _require_id(scratch)
+        if not scratch.id:
+            _require_id(scratch)  # raises, with the one wording of this error
         return value
 
     return decode
