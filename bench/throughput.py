@@ -795,7 +795,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--count", type=int, default=300_000, help="records S drains in batch mode")
     parser.add_argument(
-        "--single-count", type=int, default=60_000, help="records S drains in single mode"
+        "--single-count", type=int, default=300_000, help="records S drains in single mode"
     )
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated, from {', '.join(SETTINGS)}")  # fmt: skip
