@@ -117,12 +117,16 @@ class Ingest:
             consumed += 1
             value = message.value()
             before = watermark.delivered_before
-            if (before and offset in before) or value is None:
+            delivered_before = bool(before) and offset in before
+            if delivered_before or value is None:
                 # Rare: the offset must be tracked before it is settled, and settling may halt
                 # the partition, so its state is read again for the next message.
                 self._close(run, chunks)
                 del runs[where]
-                self._settle_unsent(message, run.tp, offset, watermark, value)
+                if delivered_before:
+                    self._skip(watermark, offset, "delivered_before")
+                else:
+                    self._tombstone(message, run.tp, offset, watermark)
                 continue
             try:
                 payload = decode(value)
@@ -198,23 +202,19 @@ class Ingest:
         key, headers, stamp = message.key(), message.headers(), message.timestamp()[1]
         return Record(tp[0], tp[1], offset, key, b"", watermark, value, headers, stamp)
 
-    def _settle_unsent(
+    def _tombstone(
         self,
         message: Message,
         tp: tuple[str, int],
         offset: int,
         watermark: PartitionWatermark,
-        value: bytes | None,
     ) -> None:
-        """A record that is not sent: delivered by a previous owner, or a tombstone."""
-        if watermark.delivered_before and offset in watermark.delivered_before:
-            self._skip(watermark, offset, "delivered_before")
-            return
+        """A null value: skipped, dead-lettered or its partition stopped, as configured."""
         policy = self._tombstones
         if policy is TombstonePolicy.SKIP:
             self._skip(watermark, offset, "tombstone")
             return
-        record = self._record(message, tp, offset, watermark, value)
+        record = self._record(message, tp, offset, watermark, None)
         if policy is TombstonePolicy.DEAD_LETTER:
             self._refuse(record, DecodeError("record value is null (a tombstone)"), "tombstone")
         else:

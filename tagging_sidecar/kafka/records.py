@@ -69,23 +69,17 @@ class Chunk(list[Record]):
 PARTITION_LANE = -1
 
 
-def lane_of(key: bytes | None, ordering: Ordering, lanes: int) -> int:
-    """The lane of its partition a record with ``key`` travels in.
+def ordering_unit(tp: tuple[str, int], lane: int, ordering: Ordering) -> Hashable:
+    """The unit within which the records of ``tp``'s ``lane`` must stay in offset order
+    (None: no ordering; the pool may run such chunks side by side).
 
-    In ``key`` mode the keys of a partition are spread over ``lanes`` lanes by hash: records of
+    In ``key`` mode the keys of a partition are spread over lanes by hash (``hash(key) %
+    lanes``, computed by :class:`~tagging_sidecar.kafka.ingest.Ingest` per record): records of
     one key always share a lane, so they stay in order, while a lane gathers many keys into one
     chunk. With as many lanes as workers no parallelism is lost, and chunks stay large enough
     to batch well even when every record has a different key. Keyless records keep the order
     of their partition (:data:`PARTITION_LANE`), as every record does in the other modes.
     """
-    if key is None or ordering is not Ordering.KEY:
-        return PARTITION_LANE
-    return hash(key) % lanes
-
-
-def ordering_unit(tp: tuple[str, int], lane: int, ordering: Ordering) -> Hashable:
-    """The unit within which the records of ``tp``'s ``lane`` must stay in offset order
-    (None: no ordering; the pool may run such chunks side by side)."""
     if ordering is Ordering.UNORDERED:
         return None
     if lane == PARTITION_LANE:

@@ -77,29 +77,28 @@ class PartitionWatermark:
             # The position stays: only the offsets done above it (the metadata) changed.
             self.done_version += 1
             return
-        last = head
-        while pending and pending[0] in finished:
-            last = pending.popleft()
-            finished.discard(last)
-        self.moved = True
-        if not pending:
-            self._next = last + 1
+        self._sweep()
 
     def done(self, offset: int) -> None:
         """Record that a tracked ``offset`` needs no more work; call once per offset."""
         pending = self._pending
         if not pending or offset < pending[0]:
             return
+        self._done.add(offset)
         if offset != pending[0]:
-            self._done.add(offset)
             self.done_version += 1
             return
-        last = pending.popleft()
-        self.moved = True
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Move the position past the done offsets at the head (the head is done)."""
+        pending = self._pending
         finished = self._done
+        last = pending[0]
         while pending and pending[0] in finished:
             last = pending.popleft()
             finished.discard(last)
+        self.moved = True
         if not pending:
             self._next = last + 1
 

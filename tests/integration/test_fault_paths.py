@@ -172,6 +172,15 @@ def delivered_and_committed(
     return report
 
 
+def _kill_once(
+    sidecar: SidecarProcess, reached: Callable[[], bool], describe: Callable[[], str]
+) -> None:
+    """SIGKILL ``sidecar`` as soon as ``reached()`` (checked every 50 ms), and reap it."""
+    wait_for(reached, describe, timeout=90, interval=0.05)
+    sidecar.proc.send_signal(signal.SIGKILL)
+    sidecar.wait(30)
+
+
 def recover_everything(
     env: dict[str, str],
     tmp_path: Path,
@@ -799,14 +808,11 @@ def test_three_sigkills_in_start_up_bursts_repeat_at_most_the_uncommitted_bound(
     for attempt in range(3):
         sidecar = SidecarProcess(env, tmp_path / f"sidecar-{attempt}.log")
         goal = len(read_ids(received)) + 1500
-        wait_for(
+        _kill_once(
+            sidecar,
             lambda goal=goal: len(read_ids(received)) >= goal,  # type: ignore[misc]
             lambda: f"{len(read_ids(received))} received",
-            timeout=90,
-            interval=0.05,
         )
-        sidecar.proc.send_signal(signal.SIGKILL)
-        sidecar.wait(30)
     producer.join(120)
     assert len(produced) == 20_000
     got = recover_everything(env, tmp_path, produced, received, kafka_bootstrap, group_id, topic)
@@ -872,14 +878,11 @@ def test_three_sigkills_at_the_live_rate_on_the_defaults_lose_nothing(
                 interval=0.05,
             )
             goal = min(sent[0] + 1000, 20_000)
-            wait_for(
+            _kill_once(
+                sidecar,
                 lambda goal=goal: len(set(read_ids(received))) >= goal,  # type: ignore[misc]
                 lambda: f"{len(set(read_ids(received)))} of {sent[0]} received",
-                timeout=90,
-                interval=0.05,
             )
-            sidecar.proc.send_signal(signal.SIGKILL)
-            sidecar.wait(30)
         producer.join(120)
         assert len(produced) == 20_000
         got = recover_everything(
