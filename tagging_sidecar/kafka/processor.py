@@ -118,6 +118,9 @@ class StreamProcessor:
         self._timing = timing or Timing()
         self._clock = clock
         self._pending: deque[tuple[Hashable, Chunk]] = deque()
+        #: records of ``_pending`` the pool refused at the last offer: reading goes on while
+        #: fewer than one ``consume()`` of them wait, so other units keep the workers busy
+        self._waiting = 0
         self._held: list[Message] = []
         self._held_since = 0.0  #: when consume() returned the first message held aside
         self._full_since: float | None = None
@@ -131,7 +134,7 @@ class StreamProcessor:
         self._apply(self._outcomes.take())
         self._flush()
         now = self._clock()
-        if self._pending or self.inflight.full():
+        if self._waiting >= self._timing.consume_batch or self.inflight.full():
             if self._full_since is None:
                 self._full_since = now
             if (
@@ -199,15 +202,25 @@ class StreamProcessor:
     def _flush(self) -> None:
         pending = self._pending
         if not pending:
+            self._waiting = 0
             return
         now = self._clock()
         offer = self._pool.offer
-        while pending:
-            key, chunk = pending[0]
-            chunk.offered = now  # before the offer: a worker may take the chunk at once
-            if not offer(chunk, key, len(chunk)):
-                return
-            pending.popleft()
+        # A chunk the pool refuses (its unit's worker is busy and its queue full) holds back
+        # the later chunks of its ordering unit only: the others go on to idle workers.
+        refused: set[Hashable] = set()
+        kept: deque[tuple[Hashable, Chunk]] = deque()
+        waiting = 0
+        for key, chunk in pending:
+            if key is None or key not in refused:
+                chunk.offered = now  # before the offer: a worker may take the chunk at once
+                if offer(chunk, key, len(chunk)):
+                    continue
+                refused.add(key)
+            kept.append((key, chunk))
+            waiting += len(chunk)
+        self._pending = kept
+        self._waiting = waiting
 
     def _apply(self, outcomes: list[Any]) -> None:
         if not outcomes:

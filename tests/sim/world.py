@@ -64,10 +64,15 @@ class ManualPool:
         self._capacity = capacity
         self.queued: list[tuple[Hashable | None, Chunk]] = []
         self.stopped = False
+        #: offers still to refuse per key, as a worker busy with that key would
+        self.refusals: dict[Hashable | None, int] = {}
 
     def offer(self, item: Chunk, key: Hashable | None = None, weight: int = 1) -> bool:
-        """Queue ``item`` if fewer than ``capacity`` records wait."""
+        """Queue ``item`` if fewer than ``capacity`` records wait (and ``key`` is not busy)."""
         if self.stopped:
+            return False
+        if self.refusals.get(key, 0) > 0:
+            self.refusals[key] -= 1
             return False
         if sum(len(c) for _, c in self.queued) + weight > self._capacity and self.queued:
             return False
