@@ -166,8 +166,12 @@ class StreamProcessor:
             self._full_since = None
             self.partitions.resume_all()
             # Take what is ready without waiting; block (for one record) only when nothing is.
-            # Messages held aside count against the room, so reading stays within the bounds.
-            wanted = self.inflight.room(self._timing.consume_batch) - len(self._held)
+            # Messages held aside, and records waiting for a busy worker, count against the
+            # room, so reading stays within the bounds: at most one consume() batch waits
+            # beside the pool.
+            wanted = self.inflight.room(self._timing.consume_batch - self._waiting) - len(
+                self._held
+            )
             messages = self._held + (self.consumer.consume(wanted, 0) if wanted > 0 else [])
             if not messages:
                 # Results arrive on another queue than Kafka's: with records in flight, block
