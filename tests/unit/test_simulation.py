@@ -1,8 +1,8 @@
 """The real stream processor against a deterministic Kafka, pool, downstream and clock.
 
 Hypothesis interleaves produce, poll steps, completions in any order, dead-letter
-acknowledgements, downstream outages, revoke / assign / lost, crashes with restarts from the
-committed offsets, and SIGTERM. After every step:
+acknowledgements, workers busy with one ordering unit, downstream outages, revoke / assign /
+lost, crashes with restarts from the committed offsets, and SIGTERM. After every step:
 
 * a committed offset never passes a record that is neither acknowledged nor dead-lettered,
   and the done offsets in the commit metadata are all really settled;
@@ -106,6 +106,12 @@ class DeliveryMachine(RuleBasedStateMachine):
         import grpc
 
         self.server.fail_next.extend([grpc.StatusCode.UNAVAILABLE] * failures)
+
+    @rule(tp=st.sampled_from(PARTITIONS), lane=st.integers(0, 3), offers=st.integers(1, 6))
+    def a_worker_is_busy(self, tp: TP, lane: int, offers: int) -> None:
+        """The worker holding one ordering unit refuses its next offers (its queue is full),
+        while the other units' chunks go on."""
+        self.sidecar.pool.refusals[(*tp, lane)] = offers
 
     @rule(failing=st.booleans())
     def coordinator_outage(self, failing: bool) -> None:
@@ -252,8 +258,12 @@ class DeliveryMachine(RuleBasedStateMachine):
 
     @invariant()
     def a_crash_now_would_repeat_at_most_the_bound(self) -> None:
-        """What this process delivered or dead-lettered and no landed commit covers (what its
-        successor would deliver again) stays within ``max_uncommitted``."""
+        """What this process delivered or dead-lettered of the partitions it owns and no landed
+        commit covers (what its successor would deliver again) stays within
+        ``max_uncommitted``. A partition it no longer owns was left without a commit (lost, or
+        the commit failed) and its next reader repeats it crash or not; a late dead-letter
+        acknowledgement of such a partition is part of that repeat."""
+        owned = set(self.sidecar.partitions.assigned())
         where = {record_id: key for key, (record_id, _) in self.kinds.items()}
         mine = [
             where[record_id]
@@ -271,6 +281,8 @@ class DeliveryMachine(RuleBasedStateMachine):
         }
 
         def at_risk(tp: TP, offset: int) -> bool:
+            if tp not in owned:
+                return False
             position, done = covered.get(tp, (0, frozenset()))
             return offset >= position and offset not in done
 
