@@ -30,6 +30,7 @@ from tagging_sidecar.contract.tagging.v1.tagging_pb2 import StreamMetricResponse
 from tagging_sidecar.forward.loop import LoopThread
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 def _identity(payload: bytes) -> bytes:
@@ -60,12 +61,25 @@ def channel_credentials(settings: GrpcSettings) -> grpc.ChannelCredentials | Non
     )
 
 
-def _sync_channel(settings: GrpcSettings) -> grpc.Channel:
+def _dial(settings: GrpcSettings, insecure: Callable[..., C], secure: Callable[..., C]) -> C:
+    """A channel to the target, made by grpc's or grpc.aio's factories (same arguments)."""
     options = channel_options(settings)
     credentials = channel_credentials(settings)
     if credentials is None:
-        return grpc.insecure_channel(settings.target, options=options)
-    return grpc.secure_channel(settings.target, credentials, options=options)
+        return insecure(settings.target, options=options)
+    return secure(settings.target, credentials, options=options)
+
+
+def _by_method(make: Callable[..., C], methods: tuple[str, ...]) -> dict[str, C]:
+    """One multi-callable per method, sending bytes as they are and reading the response."""
+    return {
+        method: make(
+            method,
+            request_serializer=_identity,
+            response_deserializer=StreamMetricResponse.FromString,
+        )
+        for method in methods
+    }
 
 
 class AioTransport:
@@ -82,32 +96,15 @@ class AioTransport:
         self._loop = self._runner.loop
         self._on_state = on_state
         self._channel: aio.Channel = self.run(self._open(), timeout=30)
-        self._calls = {
-            method: self._channel.stream_unary(
-                method,
-                request_serializer=_identity,
-                response_deserializer=StreamMetricResponse.FromString,
-            )
-            for method in methods
-        }
+        self._calls = _by_method(self._channel.stream_unary, methods)
         if on_state is not None:
             asyncio.run_coroutine_threadsafe(self._watch_state(), self._loop)
-        self._direct = _sync_channel(settings)
-        self._unary = {
-            method: self._direct.unary_unary(
-                method,
-                request_serializer=_identity,
-                response_deserializer=StreamMetricResponse.FromString,
-            )
-            for method in methods
-        }
+        self._direct: grpc.Channel = _dial(settings, grpc.insecure_channel, grpc.secure_channel)
+        self._unary = _by_method(self._direct.unary_unary, methods)
 
     async def _open(self) -> aio.Channel:
-        options = channel_options(self._settings)
-        credentials = channel_credentials(self._settings)
-        if credentials is None:
-            return aio.insecure_channel(self._settings.target, options=options)
-        return aio.secure_channel(self._settings.target, credentials, options=options)
+        # On the loop's thread: a grpc.aio channel belongs to the loop it was made on.
+        return _dial(self._settings, aio.insecure_channel, aio.secure_channel)
 
     async def _watch_state(self) -> None:
         assert self._on_state is not None

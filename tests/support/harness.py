@@ -175,6 +175,15 @@ def read_ids(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
 
 
+def python_output(code: str, timeout: float) -> str:
+    """Run ``code`` in a fresh interpreter (for process-wide effects: memory, the collector)
+    and return what it printed; a failure raises."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=timeout
+    )
+    return result.stdout
+
+
 def eventually(
     predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2
 ) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from google.protobuf import json_format
 from hypothesis import given
@@ -14,6 +11,8 @@ from tagging_sidecar.config import InputFormat
 from tagging_sidecar.contract.tagging.v1.tagging_pb2 import Tagging
 from tagging_sidecar.decode import decode_json, decode_protobuf, decoder_for
 from tagging_sidecar.errors import DecodeError
+
+from ..support.harness import python_output
 
 
 def sample(record_id: str = "r-1") -> Tagging:
@@ -29,21 +28,22 @@ def test_protobuf_passes_the_original_bytes_through() -> None:
     assert decode_protobuf(raw) is raw
 
 
+#: undecodable protobuf values and the words their error must contain
+BAD_PROTOBUF = [
+    (None, "empty"),
+    (b"", "empty"),
+    (b"\xff\xff\xff", "not a serialized"),
+    (Tagging(subject="no id").SerializeToString(), "id is empty"),
+]
+
+
 def test_json_becomes_the_same_wire_bytes() -> None:
     record = sample()
     text = json_format.MessageToJson(record).encode()
     assert Tagging.FromString(decode_json(text)) == record
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        (None, "empty"),
-        (b"", "empty"),
-        (b"\xff\xff\xff", "not a serialized"),
-        (Tagging(subject="no id").SerializeToString(), "id is empty"),
-    ],
-)
+@pytest.mark.parametrize(("value", "message"), BAD_PROTOBUF)
 def test_bad_protobuf_is_a_clear_error(value: bytes | None, message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         decode_protobuf(value)
@@ -68,15 +68,7 @@ def test_size_limit_applies_to_the_forwarded_bytes() -> None:
     assert decode(sample().SerializeToString())
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        (None, "empty"),
-        (b"", "empty"),
-        (b"\xff\xff\xff", "not a serialized"),
-        (Tagging(subject="no id").SerializeToString(), "id is empty"),
-    ],
-)
+@pytest.mark.parametrize(("value", "message"), BAD_PROTOBUF)
 def test_a_decoder_judges_each_record_on_its_own(value: bytes | None, message: str) -> None:
     # The protobuf decoder reuses one message: a good record before must not make a bad one pass.
     decode = decoder_for(InputFormat.PROTOBUF, max_bytes=1 << 20)
@@ -116,7 +108,5 @@ def test_decoding_many_records_does_not_grow_memory() -> None:
         "    decode(value)\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert int(result.stdout) < 32, f"decoding grew the process by {result.stdout.strip()} MiB"
+    grown = python_output(probe, timeout=120)
+    assert int(grown) < 32, f"decoding grew the process by {grown.strip()} MiB"

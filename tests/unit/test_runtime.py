@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from ..support.harness import python_output
 
 
 def test_the_collector_skips_start_up_objects_and_collects_the_young_less_often() -> None:
@@ -16,7 +15,4 @@ def test_the_collector_skips_start_up_objects_and_collects_the_young_less_often(
         "print(gc.get_threshold()[0] == YOUNG_THRESHOLD, gc.get_threshold()[1:] == default[1:],"
         " gc.get_freeze_count() > 1000)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert result.stdout.split() == ["True", "True", "True"]
+    assert python_output(probe, timeout=60).split() == ["True", "True", "True"]
