@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, Self, TypeVar
 
 from tagging_sidecar.forward.havilah import HavilahClient
 from tagging_sidecar.pool.dispatcher import Rejected
 
 
 class Carrying(Protocol):
-    """Anything with the serialized ``Tagging`` bytes to forward."""
+    """A chunk of records: their serialized ``Tagging`` bytes, in order."""
 
-    @property
-    def payload(self) -> bytes:
-        """The record's wire bytes."""
+    payloads: list[bytes]
+
+    def single(self, index: int) -> Self:
+        """A chunk of the ``index``-th record alone."""
 
 
 T = TypeVar("T", bound=Carrying)
@@ -36,11 +37,22 @@ class ForwardingDispatcher:
         """Wait for the channel, so a worker never streams into a broken connection."""
         self._client.wait_ready(self._ready_timeout)
 
-    def process(self, batch: Sequence[list[T]]) -> Sequence[Rejected[list[T]]]:
+    def process(self, batch: Sequence[T]) -> Sequence[Rejected[T]]:
         """Deliver every record of ``batch`` in order; return the ones the server rejected."""
-        records = [record for chunk in batch for record in chunk]
-        rejected = self._client.deliver([record.payload for record in records])
-        return [Rejected([records[index]], error) for index, error in rejected]
+        if len(batch) == 1:
+            payloads = batch[0].payloads
+        else:
+            payloads = [payload for chunk in batch for payload in chunk.payloads]
+        rejected = self._client.deliver(payloads)
+        if not rejected:
+            return ()
+        # Index -> (chunk, index within it): rare, only for records the server refused.
+        where = [(chunk, index) for chunk in batch for index in range(len(chunk.payloads))]
+        out: list[Rejected[T]] = []
+        for position, error in rejected:
+            chunk, index = where[position]
+            out.append(Rejected(chunk.single(index), error))
+        return out
 
     def after(self) -> None:
         """Nothing to release: the channel is shared and closed by its owner."""

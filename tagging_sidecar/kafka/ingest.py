@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from tagging_sidecar.config import Ordering, TombstonePolicy
 from tagging_sidecar.decode import Decoder
@@ -26,22 +25,16 @@ from tagging_sidecar.errors import DecodeError
 from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Tally
 from tagging_sidecar.kafka.partitions import PartitionStates
-from tagging_sidecar.kafka.records import PARTITION_LANE, Chunk, Headers, Record, ordering_unit
+from tagging_sidecar.kafka.records import (
+    PARTITION_LANE,
+    Chunk,
+    Message,
+    Record,
+    ordering_unit,
+    record_of,
+)
 from tagging_sidecar.kafka.watermark import PartitionWatermark
 from tagging_sidecar.observe.metrics import Metrics
-
-
-class Message(Protocol):
-    """The part of ``confluent_kafka.Message`` the sidecar reads (it cannot be built in tests)."""
-
-    def error(self) -> object | None: ...
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def headers(self) -> Headers | None: ...
-    def timestamp(self) -> tuple[int, int]: ...
 
 
 @dataclass(slots=True)
@@ -56,7 +49,6 @@ class _Run:
     offsets: list[int] = field(default_factory=list)
     #: records per lane, in offset order
     lanes: dict[int, Chunk] = field(default_factory=dict)
-    size: int = 0
 
 
 class Ingest:
@@ -134,29 +126,19 @@ class Ingest:
                 self._close(run, chunks)
                 del runs[where]
                 self._router.guard.decoded(failed=1)
-                record = self._record(message, run.tp, offset, watermark, value)
-                self._refuse(record, exc, "decode")
+                self._refuse(record_of(message, run.tp, offset, watermark, b""), exc, "decode")
                 continue
             decoded += 1
             key = message.key()
-            tp = run.tp
-            record = Record(
-                tp[0],
-                tp[1],
-                offset,
-                key,
-                payload,
-                watermark,
-                None if payload is value else value,  # protobuf input is forwarded as it came
-                message.headers(),
-                message.timestamp()[1],
-            )
             lane = hash(key) % lanes if lanes and key is not None else PARTITION_LANE
             chunk = run.lanes.get(lane)
             if chunk is None:
-                chunk = run.lanes[lane] = Chunk((), consumed_at)
-            chunk.append(record)
-            run.size += len(payload)
+                chunk = run.lanes[lane] = Chunk(run.tp, watermark, consumed_at)
+            # Chunk.add, inlined: this runs for every record.
+            chunk.offsets.append(offset)
+            chunk.payloads.append(payload)
+            chunk.messages.append(message)
+            chunk.size += len(payload)
         for run in runs.values():
             self._close(run, chunks)
         self._tally.consumed += consumed
@@ -182,25 +164,13 @@ class Ingest:
         run.offsets = []
         if not run.lanes:
             return
-        count = 0
+        count = size = 0
         for lane, chunk in run.lanes.items():
             chunks.append((ordering_unit(run.tp, lane, self._ordering), chunk))
             count += len(chunk)
-        self._inflight.admit(run.tp, count, run.size)
+            size += chunk.size
+        self._inflight.admit(run.tp, count, size)
         run.lanes = {}
-        run.size = 0
-
-    @staticmethod
-    def _record(
-        message: Message,
-        tp: tuple[str, int],
-        offset: int,
-        watermark: PartitionWatermark,
-        value: bytes | None,
-    ) -> Record:
-        """A record that is not sent (undecodable or null): nothing to forward, its value kept."""
-        key, headers, stamp = message.key(), message.headers(), message.timestamp()[1]
-        return Record(tp[0], tp[1], offset, key, b"", watermark, value, headers, stamp)
 
     def _tombstone(
         self,
@@ -214,7 +184,7 @@ class Ingest:
         if policy is TombstonePolicy.SKIP:
             self._skip(watermark, offset, "tombstone")
             return
-        record = self._record(message, tp, offset, watermark, None)
+        record = record_of(message, tp, offset, watermark, b"")
         if policy is TombstonePolicy.DEAD_LETTER:
             self._refuse(record, DecodeError("record value is null (a tombstone)"), "tombstone")
         else:

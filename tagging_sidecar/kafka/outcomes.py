@@ -119,8 +119,8 @@ class OutcomeRouter:
         self._metrics = metrics
         self._tally = tally
         self._cancel = cancel
-        #: records to send again (a local failure); the processor takes them
-        self.resend: list[Record] = []
+        #: records to send again (a local failure), one per chunk; the processor takes them
+        self.resend: list[Chunk] = []
         self.guard = guard or FailureRateGuard()
         self.fatal: str | None = None
         self._commit_waits = commit_waits
@@ -135,71 +135,85 @@ class OutcomeRouter:
     def _batch_done(self, outcome: BatchDone) -> None:
         # A rejection names a chunk: one record the server refused, or a whole chunk of a
         # batch that failed as a whole.
-        failed = {id(record): r.error for r in outcome.rejected for record in r.item}
+        failed: dict[tuple[int, int], Rejected[Chunk]] = {}
+        for rejection in outcome.rejected:
+            rejected = rejection.item
+            for offset in rejected.offsets:
+                failed[(id(rejected.watermark), offset)] = rejection
         forwarded = 0
         for chunk in outcome.chunks:
-            head = chunk[0]
-            tp = (head.topic, head.partition)
-            live = self._partitions.is_current(tp, head.watermark)
+            tp = (chunk.topic, chunk.partition)
+            live = self._partitions.is_current(tp, chunk.watermark)
             if not failed:
                 # The common case, a whole chunk acknowledged: no work per record but its offset.
                 count = len(chunk)
                 forwarded += count
-                self._inflight.release(tp, count, sum([len(record.payload) for record in chunk]))
+                self._inflight.release(tp, count, chunk.size)
                 if live:
-                    head.watermark.done_all([record.offset for record in chunk])
+                    chunk.watermark.done_all(chunk.offsets)
                     self._inflight.delivered(tp, count)
                 continue
-            settled = 0
-            size = 0
-            delivered = 0
-            for record in chunk:
-                error = failed.get(id(record))
-                if error is None:
-                    forwarded += 1
-                    settled += 1
-                    size += len(record.payload)
-                    if live:
-                        record.watermark.done(record.offset)
-                        delivered += 1
-                elif not live:
-                    settled += 1
-                    size += len(record.payload)
-                else:
-                    self._undelivered(record, error)
-            self._inflight.release(tp, settled, size)
-            if delivered:
-                self._inflight.delivered(tp, delivered)
+            forwarded += self._partly_done(chunk, tp, live, failed)
         self._tally.forwarded += forwarded
         self._metrics.records_forwarded.inc(forwarded)
         if forwarded and self._commit_waits is not None:
             # The commit stage of the call, timed on its first chunk as the others are.
             first = outcome.chunks[0]
-            head = first[0]
-            tp = (head.topic, head.partition)
-            if self._partitions.is_current(tp, head.watermark):
-                self._commit_waits.acknowledged(tp, head.watermark, first[-1].offset, first.acked)
+            tp = (first.topic, first.partition)
+            if self._partitions.is_current(tp, first.watermark):
+                self._commit_waits.acknowledged(tp, first.watermark, first.offsets[-1], first.acked)
         self.guard.delivered(ok=forwarded)
+
+    def _partly_done(
+        self,
+        chunk: Chunk,
+        tp: TP,
+        live: bool,
+        failed: dict[tuple[int, int], Rejected[Chunk]],
+    ) -> int:
+        """Apply a chunk some of whose records failed; returns how many were forwarded."""
+        forwarded = settled = size = delivered = 0
+        mark = id(chunk.watermark)
+        for index, offset in enumerate(chunk.offsets):
+            rejection = failed.get((mark, offset))
+            payload = chunk.payloads[index]
+            if rejection is None:
+                forwarded += 1
+                settled += 1
+                size += len(payload)
+                if live:
+                    chunk.watermark.done(offset)
+                    delivered += 1
+            elif not live:
+                settled += 1
+                size += len(payload)
+            else:
+                self._undelivered(chunk.single(index), rejection.error)
+        self._inflight.release(tp, settled, size)
+        if delivered:
+            self._inflight.delivered(tp, delivered)
+        return forwarded
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Partitions revoked or lost: stop waiting for their commits."""
         if self._commit_waits is not None:
             self._commit_waits.forget(tps)
 
-    def _undelivered(self, record: Record, error: BaseException) -> None:
+    def _undelivered(self, one: Chunk, error: BaseException) -> None:
+        """``one``, a chunk of one record, was not delivered."""
         if self._cancel.is_set():
             # Shutting down: the record stays uncommitted and is read again after the restart.
-            self.settle(record)
+            self.settle_chunk(one)
             return
         if isinstance(error, PermanentForwardError):
             self.guard.delivered(failed=1)
-            self.reject(record, error, "rejected")
+            self.reject(one.record(0), error, "rejected")
         elif isinstance(error, ForwardError):
-            self.reject(record, error, "retries_exhausted")
+            self.reject(one.record(0), error, "retries_exhausted")
         else:
             # Not the server's verdict (a dispatcher bug, a local failure): send it again.
             _log.warning("batch failed locally; sending again", error=type(error).__name__)
-            self.resend.append(record)
+            self.resend.append(one)
 
     def reject(self, record: Record, error: BaseException, reason: str) -> None:
         """A record that cannot be delivered: dead-letter it, or halt its partition."""
@@ -237,6 +251,10 @@ class OutcomeRouter:
     def settle(self, record: Record) -> None:
         """Take ``record`` out of the in-flight accounting without marking it done."""
         self._inflight.release((record.topic, record.partition), 1, len(record.payload))
+
+    def settle_chunk(self, chunk: Chunk) -> None:
+        """:meth:`settle` for every record of ``chunk``."""
+        self._inflight.release((chunk.topic, chunk.partition), len(chunk), chunk.size)
 
     def _dead_letter_done(self, outcome: DeadLetterDone) -> None:
         record = outcome.record

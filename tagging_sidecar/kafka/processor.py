@@ -21,11 +21,11 @@ from confluent_kafka import KafkaError, TopicPartition
 from tagging_sidecar.errors import FatalError
 from tagging_sidecar.kafka.commit import Committer, Committing
 from tagging_sidecar.kafka.inflight import InFlight
-from tagging_sidecar.kafka.ingest import Ingest, Message
+from tagging_sidecar.kafka.ingest import Ingest
 from tagging_sidecar.kafka.offsetmap import decode_done
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Outcomes, Tally
 from tagging_sidecar.kafka.partitions import TP, PartitionStates
-from tagging_sidecar.kafka.records import Chunk
+from tagging_sidecar.kafka.records import Chunk, Message
 from tagging_sidecar.observe.health import HealthState
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import PoolStats
@@ -236,9 +236,10 @@ class StreamProcessor:
         self.committer.settled(self.tally.forwarded + self.tally.dead_lettered - before)
         if router.resend:
             now = self._clock()
-            for record in router.resend:
+            for chunk in router.resend:
                 # A local failure, not the server's verdict: the record goes out again.
-                self._pending.append(((record.topic, record.partition), Chunk((record,), now)))
+                chunk.consumed = chunk.offered = now
+                self._pending.append((chunk.tp, chunk))
             router.resend.clear()
 
     # -- rebalances (inside consume(), on this thread) ------------------------------------
@@ -296,14 +297,13 @@ class StreamProcessor:
         """Take back what was not sent yet: the next owner reads it."""
 
         def ours(chunk: Chunk) -> bool:
-            return (chunk[0].topic, chunk[0].partition) in tps
+            return (chunk.topic, chunk.partition) in tps
 
         dropped = [chunk for _, chunk in self._pending if ours(chunk)]
         self._pending = deque(item for item in self._pending if not ours(item[1]))
         dropped += self._pool.withdraw(ours)
         for chunk in dropped:
-            for record in chunk:
-                self._router.settle(record)
+            self._router.settle_chunk(chunk)
 
     def _forget(self, tps: set[TP]) -> None:
         self.partitions.forget(tps)
@@ -339,8 +339,7 @@ class StreamProcessor:
             if left:
                 _log.warning("dead-letter writes unconfirmed at exit", count=left)
         for chunk in unsent:
-            for record in chunk:
-                self._router.settle(record)
+            self._router.settle_chunk(chunk)
         self._commit_final(max(deadline, self._clock() + 1.0))
         self._close_consumer(max(deadline, self._clock() + 1.0))
         return sum(len(chunk) for chunk in unsent)

@@ -1,9 +1,11 @@
-"""A consumed record as it travels through the pool, and grouping into ordering units."""
+"""Consumed records as they travel through the pool: chunks of one ordering unit, held as
+columns, and the one-record view a failure needs."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from tagging_sidecar.config import Ordering
 from tagging_sidecar.kafka.watermark import PartitionWatermark
@@ -11,11 +13,24 @@ from tagging_sidecar.kafka.watermark import PartitionWatermark
 Headers = list[tuple[str, str | bytes | None]]
 
 
+class Message(Protocol):
+    """The part of ``confluent_kafka.Message`` the sidecar reads (it cannot be built in tests)."""
+
+    def error(self) -> object | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> Headers | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
 @dataclass(slots=True, eq=False)
 class Record:
-    """One consumed Kafka record: where it came from, the bytes to forward, and what the
-    dead-letter topic needs to hold the original (its value when it differs from ``payload``,
-    and its headers)."""
+    """One consumed Kafka record that needs more than forwarding (dead-lettering, halting its
+    partition): where it came from, the bytes it was to forward, and what the dead-letter topic
+    needs to hold the original (its value when it differs from ``payload``, and its headers)."""
 
     topic: str
     partition: int
@@ -41,28 +56,112 @@ class Record:
         return f"{self.topic}/{self.partition}@{self.offset}"
 
 
-class Chunk(list[Record]):
-    """Records of one ordering unit in offset order: one item of the pool.
+def record_of(
+    message: Message,
+    tp: tuple[str, int],
+    offset: int,
+    watermark: PartitionWatermark,
+    payload: bytes,
+) -> Record:
+    """The :class:`Record` of ``message``; ``payload`` is what was (or would be) forwarded,
+    empty when nothing was (undecodable or null)."""
+    value = message.value()
+    return Record(
+        tp[0],
+        tp[1],
+        offset,
+        message.key(),
+        payload,
+        watermark,
+        None if payload and payload is value else value,
+        message.headers(),
+        message.timestamp()[1],
+    )
 
-    It carries the times of its way through the sidecar, so that they are stamped once per
-    chunk rather than once per record (see :mod:`tagging_sidecar.kafka.stages`). Times are
-    readings of the processor's monotonic clock.
+
+class Chunk:
+    """Records of one ordering unit of one partition, in offset order: one item of the pool.
+
+    The records are held as columns (offsets, the bytes to forward, and the consumed messages
+    they came from), because the hot path needs only the first two: a whole chunk is sent,
+    acknowledged and marked done without a Python object per record. A :class:`Record` is made
+    only for a record that fails (:meth:`record`).
+
+    A chunk also carries the times of its way through the sidecar, stamped once per chunk
+    rather than once per record (see :mod:`tagging_sidecar.kafka.stages`). Times are readings
+    of the processor's monotonic clock.
     """
 
-    __slots__ = ("acked", "consumed", "offered", "taken")
+    __slots__ = (
+        "acked",
+        "consumed",
+        "messages",
+        "offered",
+        "offsets",
+        "partition",
+        "payloads",
+        "size",
+        "taken",
+        "topic",
+        "watermark",
+    )
 
-    #: when ``consume()`` returned its oldest record
-    consumed: float
-    #: when it was (last) offered to the pool
-    offered: float
-    #: when a worker took it into a call (stamped on the first chunk of a call)
-    taken: float
-    #: when the server acknowledged that call (stamped on the first chunk of a call)
-    acked: float
+    def __init__(
+        self,
+        tp: tuple[str, int],
+        watermark: PartitionWatermark,
+        consumed: float = 0.0,
+    ) -> None:
+        self.topic, self.partition = tp
+        #: the partition's watermark when the records were read (a later one means a new owner)
+        self.watermark = watermark
+        self.offsets: list[int] = []
+        #: the bytes to forward, one per record
+        self.payloads: list[bytes] = []
+        #: the consumed messages, read again only to build a failed record
+        self.messages: list[Message] = []
+        #: payload bytes in all
+        self.size = 0
+        #: when ``consume()`` returned its oldest record
+        self.consumed = consumed
+        #: when it was (last) offered to the pool
+        self.offered = consumed
+        #: when a worker took it into a call (stamped on the first chunk of a call)
+        self.taken = consumed
+        #: when the server acknowledged that call (stamped on the first chunk of a call)
+        self.acked = consumed
 
-    def __init__(self, records: Iterable[Record] = (), consumed: float = 0.0) -> None:
-        super().__init__(records)
-        self.consumed = self.offered = self.taken = self.acked = consumed
+    @property
+    def tp(self) -> tuple[str, int]:
+        """The chunk's partition."""
+        return (self.topic, self.partition)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def add(self, offset: int, payload: bytes, message: Message) -> None:
+        """Append a record (offsets must increase)."""
+        self.offsets.append(offset)
+        self.payloads.append(payload)
+        self.messages.append(message)
+        self.size += len(payload)
+
+    def record(self, index: int) -> Record:
+        """The ``index``-th record, with what a dead letter or a halt needs."""
+        return record_of(
+            self.messages[index], self.tp, self.offsets[index], self.watermark, self.payloads[index]
+        )
+
+    def single(self, index: int, consumed: float | None = None) -> Chunk:
+        """A chunk of the ``index``-th record alone (a record rejected, or sent again)."""
+        one = Chunk(self.tp, self.watermark, self.consumed if consumed is None else consumed)
+        one.add(self.offsets[index], self.payloads[index], self.messages[index])
+        return one
+
+    def timestamps(self, indexes: Sequence[int]) -> list[int]:
+        """The Kafka timestamps (milliseconds) of the records at ``indexes``."""
+        messages = self.messages
+        return [messages[index].timestamp()[1] for index in indexes]
 
 
 #: the lane of a partition's keyless records (and of every record outside ``key`` ordering)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from tagging_sidecar.kafka.partitions import TP
-from tagging_sidecar.kafka.records import Chunk, Record
+from tagging_sidecar.kafka.records import Chunk
 from tagging_sidecar.kafka.watermark import PartitionWatermark
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import Rejected
@@ -35,12 +35,12 @@ Clock = Callable[[], float]
 
 class RecordDispatcher(Protocol):
     """A pool worker's dispatcher of records (:class:`~tagging_sidecar.forward.dispatcher.
-    ForwardingDispatcher`): rejected records come back as one-record lists."""
+    ForwardingDispatcher`): rejected records come back as one-record chunks."""
 
     def before(self) -> None:
         """Get ready to process."""
 
-    def process(self, batch: Sequence[Chunk]) -> Sequence[Rejected[list[Record]]]:
+    def process(self, batch: Sequence[Chunk]) -> Sequence[Rejected[Chunk]]:
         """Deliver ``batch``; return the records given up on."""
 
     def after(self) -> None:
@@ -91,17 +91,15 @@ class TimedDispatcher:
         first.taken = taken
         first.acked = acked
         if not rejected:
-            stamps = [
-                stamp for chunk in batch for stamp in (chunk[0].timestamp, chunk[-1].timestamp)
-            ]
-            self._observe(first, stamps)
+            ends = (0, -1)
+            self._observe(first, [stamp for chunk in batch for stamp in chunk.timestamps(ends)])
             return ()
         # Rare: only what the server acknowledged has an age, and counts as delivered by it.
-        refused = {id(record) for r in rejected for record in r.item}
+        refused = {(id(r.item.watermark), offset) for r in rejected for offset in r.item.offsets}
         stamps = _acknowledged_ends(batch, refused)
         if stamps:
             self._observe(first, stamps)
-        return [Rejected(Chunk(r.item), r.error) for r in rejected]
+        return rejected
 
     def _observe(self, first: Chunk, stamps: list[int]) -> None:
         self._consumer_batch.observe(first.offered - first.consumed)
@@ -110,13 +108,15 @@ class TimedDispatcher:
         self._metrics.observe_record_ages(stamps, now=self._wall())
 
 
-def _acknowledged_ends(batch: Iterable[Chunk], refused: set[int]) -> list[int]:
-    """Timestamps of the first and last acknowledged record of each chunk."""
+def _acknowledged_ends(batch: Iterable[Chunk], refused: set[tuple[int, int]]) -> list[int]:
+    """Timestamps of the first and last acknowledged record of each chunk; ``refused`` holds
+    (id of the watermark, offset) of each record that was not."""
     stamps: list[int] = []
     for chunk in batch:
-        kept = [record.timestamp for record in chunk if id(record) not in refused]
+        mark = id(chunk.watermark)
+        kept = [i for i, offset in enumerate(chunk.offsets) if (mark, offset) not in refused]
         if kept:
-            stamps += (kept[0], kept[-1])
+            stamps += chunk.timestamps((kept[0], kept[-1]))
     return stamps
 
 

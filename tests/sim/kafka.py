@@ -31,6 +31,8 @@ class FakeMessage:
     _key: bytes | None
     _value: bytes | None
     _headers: list[tuple[str, str | bytes | None]] | None = None
+    #: the Kafka timestamp in milliseconds (by default one per offset)
+    _timestamp: int | None = None
 
     def error(self) -> KafkaError | None:
         return None
@@ -54,7 +56,8 @@ class FakeMessage:
         return self._headers
 
     def timestamp(self) -> tuple[int, int]:
-        return (1, 1_000_000 + self._offset)
+        stamp = 1_000_000 + self._offset if self._timestamp is None else self._timestamp
+        return (1, stamp)
 
 
 @dataclass

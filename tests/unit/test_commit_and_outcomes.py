@@ -22,7 +22,7 @@ from tagging_sidecar.kafka.records import Chunk, Record
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import Rejected
 
-from ..sim.kafka import FakeBroker, FakeConsumer
+from ..sim.kafka import FakeBroker, FakeConsumer, FakeMessage
 from ..sim.world import FakeClock, FakeDeadLetters
 
 T0 = ("t", 0)
@@ -138,11 +138,11 @@ def _router(
 def _records(states: PartitionStates, inflight: InFlight, offsets: list[int]) -> Chunk:
     watermark = states.watermark(T0)
     assert watermark is not None
-    records = Chunk()
+    records = Chunk(T0, watermark)
     for offset in offsets:
         watermark.track(offset)
-        records.append(Record("t", 0, offset, None, b"x", watermark))
-    inflight.admit(T0, len(records), len(records))
+        records.add(offset, b"x", FakeMessage("t", 0, offset, None, b"x"))
+    inflight.admit(T0, len(records), records.size)
     return records
 
 
@@ -152,7 +152,7 @@ def test_a_rejected_record_is_dead_lettered_and_done_only_once_acknowledged() ->
     dead = FakeDeadLetters(lambda record, error: router.apply(DeadLetterDone(record, error)))
     router, inflight = _router(states, dead)
     records = _records(states, inflight, [0, 1])
-    router.apply(BatchDone([records], [Rejected(Chunk([records[0]]), PermanentForwardError("no"))]))
+    router.apply(BatchDone([records], [Rejected(records.single(0), PermanentForwardError("no"))]))
     watermark = states.watermark(T0)
     assert watermark is not None and watermark.position() == 0
     dead.ack(1)
@@ -163,7 +163,7 @@ def test_a_rejected_record_is_dead_lettered_and_done_only_once_acknowledged() ->
 def test_a_failed_dead_letter_write_halts_the_partition() -> None:
     _, states, _ = _world()
     router, inflight = _router(states, FakeDeadLetters(lambda r, e: None))
-    [record] = _records(states, inflight, [0])
+    record = _records(states, inflight, [0]).record(0)
     router.apply(DeadLetterDone(record, "broker said no"))
     assert states.halted(T0)
     assert "broker said no" in (states.halted_reason() or "")
@@ -176,7 +176,7 @@ def test_late_results_of_a_partition_no_longer_owned_are_discarded() -> None:
     router, inflight = _router(states, dead)
     records = _records(states, inflight, [0, 1])
     states.forget([T0])
-    router.apply(BatchDone([records], [Rejected(Chunk([records[1]]), PermanentForwardError("no"))]))
+    router.apply(BatchDone([records], [Rejected(records.single(1), PermanentForwardError("no"))]))
     assert dead.waiting == []
     assert not states.halted(T0)
     assert inflight.records == 0
@@ -187,7 +187,7 @@ def test_a_local_failure_sends_the_records_again() -> None:
     router, inflight = _router(states, None)
     records = _records(states, inflight, [0, 1])
     router.apply(BatchDone([records], [Rejected(records, RuntimeError("bug"))]))
-    assert [r.offset for r in router.resend] == [0, 1]
+    assert [chunk.offsets for chunk in router.resend] == [[0], [1]]
     assert not states.halted(T0)
 
 
@@ -372,7 +372,7 @@ def test_records_not_delivered_never_await_a_commit() -> None:
     no longer ours: neither can be delivered twice by a crash."""
     _consumer, states, router, inflight, _committer = _bounded_world(10)
     records = _records(states, inflight, [0, 1])
-    router.apply(BatchDone([records], [Rejected(Chunk([records[0]]), PermanentForwardError("no"))]))
+    router.apply(BatchDone([records], [Rejected(records.single(0), PermanentForwardError("no"))]))
     assert states.halted(T0)
     assert inflight.awaiting == 1  # offset 1 was delivered; offset 0 was not
     late = _records(states, inflight, [2])

@@ -95,7 +95,7 @@ def test_offsets_going_backwards_reset_the_partition() -> None:
     current = states.watermark(T0)
     assert current is not None and current is not old
     assert current.position() == 5
-    assert [r.offset for _, chunk in chunks for r in chunk] == [5]
+    assert [offset for _, chunk in chunks for offset in chunk.offsets] == [5]
 
 
 def test_offsets_a_previous_owner_delivered_are_skipped_and_passed() -> None:
@@ -105,7 +105,7 @@ def test_offsets_a_previous_owner_delivered_are_skipped_and_passed() -> None:
     ingest = _ingest(states, inflight)
     messages = [FakeMessage("t", 0, o, None, record_value(f"r{o}", "ok")) for o in (10, 11, 12, 13)]
     chunks = ingest(messages)
-    assert [r.offset for _, chunk in chunks for r in chunk] == [10, 13]
+    assert [offset for _, chunk in chunks for offset in chunk.offsets] == [10, 13]
     watermark = states.watermark(T0)
     assert watermark is not None
     watermark.done(10)

@@ -34,7 +34,7 @@ def _produce(broker: FakeBroker, tp: TP, count: int) -> None:
 
 
 def _queued_offsets(sidecar: Sidecar, tp: TP) -> list[int]:
-    return [record.offset for key, chunk in sidecar.pool.queued if key == tp for record in chunk]
+    return [offset for key, chunk in sidecar.pool.queued if key == tp for offset in chunk.offsets]
 
 
 def test_a_busy_unit_does_not_hold_back_the_records_of_other_units() -> None:

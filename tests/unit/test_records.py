@@ -14,7 +14,7 @@ from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.ingest import Ingest
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Tally
 from tagging_sidecar.kafka.partitions import PartitionStates
-from tagging_sidecar.kafka.records import Chunk
+from tagging_sidecar.kafka.records import Chunk, Record
 from tagging_sidecar.observe.metrics import Metrics
 
 from ..sim.kafka import FakeBroker, FakeConsumer, FakeMessage
@@ -62,6 +62,15 @@ messages_spec = st.lists(
 )
 
 
+def _records(chunk: Chunk) -> list[Record]:
+    """The chunk's records, checking that its columns agree with the messages they came from."""
+    made = [chunk.record(index) for index in range(len(chunk))]
+    assert [m.offset() for m in chunk.messages] == chunk.offsets
+    assert [m.value() for m in chunk.messages] == chunk.payloads
+    assert sum(map(len, chunk.payloads)) == chunk.size
+    return made
+
+
 @given(
     batches=st.lists(messages_spec, min_size=1, max_size=3),
     ordering=st.sampled_from(list(Ordering)),
@@ -88,16 +97,17 @@ def test_chunks_keep_every_unit_in_offset_order_and_lose_nothing_sendable(
             elif kind == "ok":
                 expected.append((partition, offset))
         units += ingest(messages)
-    sent = [(r.partition, r.offset) for _, chunk in units for r in chunk]
+    records = {id(chunk): _records(chunk) for _, chunk in units}
+    sent = [(r.partition, r.offset) for _, chunk in units for r in records[id(chunk)]]
     assert sorted(sent) == sorted(expected)
     assert inflight.records == len(sent)  # a halted record is settled at once
     home: dict[tuple[int, bytes | None], Hashable] = {}
     last_of_unit: dict[Hashable, int] = {}
     for unit, chunk in units:
-        assert len({(r.topic, r.partition) for r in chunk}) == 1
-        offsets = [r.offset for r in chunk]
+        assert len({(r.topic, r.partition) for r in records[id(chunk)]}) == 1
+        offsets = [r.offset for r in records[id(chunk)]]
         assert offsets == sorted(offsets)
-        head = chunk[0]
+        head = records[id(chunk)][0]
         if ordering is Ordering.UNORDERED:
             assert unit is None
             continue
@@ -106,7 +116,7 @@ def test_chunks_keep_every_unit_in_offset_order_and_lose_nothing_sendable(
         # Later chunks of a unit carry later offsets: the pool sends a unit's chunks in order.
         assert last_of_unit.get(unit, -1) < offsets[0]
         last_of_unit[unit] = offsets[-1]
-        for r in chunk:
+        for r in records[id(chunk)]:
             assert home.setdefault((r.partition, r.key), unit) == unit
     if ordering is Ordering.KEY:
         assert len({unit for unit, _ in units}) <= 3 * (lanes + 1)

@@ -19,14 +19,14 @@ from tagging_sidecar.kafka.commit import Committer
 from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.outcomes import BatchDone, OutcomeRouter, Tally
 from tagging_sidecar.kafka.partitions import PartitionStates
-from tagging_sidecar.kafka.records import Chunk, Record
+from tagging_sidecar.kafka.records import Chunk
 from tagging_sidecar.kafka.stages import CommitWaits, TimedDispatcher
 from tagging_sidecar.kafka.watermark import PartitionWatermark
 from tagging_sidecar.observe.metrics import STAGES, Metrics
 from tagging_sidecar.pool import EndOfWork, Rejected
 
 from ..sim.downstream import FakeServer
-from ..sim.kafka import FakeBroker, FakeConsumer
+from ..sim.kafka import FakeBroker, FakeConsumer, FakeMessage
 from ..sim.world import FakeClock, Limits, Sidecar, record_value
 from ..support.harness import histogram_quantile, stage_quantiles
 
@@ -158,15 +158,15 @@ class Scripted:
     def before(self) -> None:
         self.lifecycle.append("before")
 
-    def process(self, batch: Sequence[Chunk]) -> Sequence[Rejected[list[Record]]]:
+    def process(self, batch: Sequence[Chunk]) -> Sequence[Rejected[Chunk]]:
         self.clock.now += self.seconds
         if self.end:
             raise EndOfWork
-        records = [record for chunk in batch for record in chunk]
         return [
-            Rejected([record], PermanentForwardError("no"))
-            for record in records
-            if record.offset in self.reject
+            Rejected(chunk.single(index), PermanentForwardError("no"))
+            for chunk in batch
+            for index, offset in enumerate(chunk.offsets)
+            if offset in self.reject
         ]
 
     def after(self) -> None:
@@ -174,9 +174,9 @@ class Scripted:
 
 
 def chunk(offsets: list[int], consumed: float, offered: float, stamp: int = 5_000) -> Chunk:
-    watermark = PartitionWatermark()
-    records = [Record("t", 0, o, None, b"x", watermark, timestamp=stamp + o) for o in offsets]
-    made = Chunk(records, consumed)
+    made = Chunk(("t", 0), PartitionWatermark(), consumed)
+    for o in offsets:
+        made.add(o, b"x", FakeMessage("t", 0, o, None, b"x", None, stamp + o))
     made.offered = offered
     return made
 
@@ -208,7 +208,7 @@ def test_the_dispatcher_hands_rejections_back_as_chunks_and_ages_only_the_rest()
     dispatcher = TimedDispatcher(inner, metrics, clock, wall=lambda: 6.0)
     rejected = dispatcher.process([chunk([0, 1, 2], consumed=1000.0, offered=1000.0)])
     assert [type(r.item) for r in rejected] == [Chunk, Chunk]
-    assert [[record.offset for record in r.item] for r in rejected] == [[0], [2]]
+    assert [r.item.offsets for r in rejected] == [[0], [2]]
     assert ages(metrics) == pytest.approx((1, 6.0 - 5.001))  # only offset 1 was acknowledged
 
 
@@ -291,9 +291,10 @@ def test_the_router_and_a_synchronous_commit_time_the_commit_stage() -> None:
     )
     watermark = states.watermark(T0)
     assert watermark is not None
-    records = Chunk(Record("t", 0, offset, None, b"x", watermark) for offset in range(3))
-    for record in records:
-        watermark.track(record.offset)
+    records = Chunk(T0, watermark)
+    for offset in range(3):
+        records.add(offset, b"x", FakeMessage("t", 0, offset, None, b"x"))
+        watermark.track(offset)
     inflight.admit(T0, 3, 3)
     records.acked = 1000.25
     router.apply(BatchDone([records], []))
