@@ -76,6 +76,9 @@ class Ingest:
         self._router = router
         self._metrics = metrics
         self._tally = tally
+        #: records tracked and records chunked by the call under way (counted as runs close)
+        self._tracked = 0
+        self._chunked = 0
 
     def __call__(
         self, messages: Sequence[Message], consumed_at: float = 0.0
@@ -85,65 +88,83 @@ class Ingest:
         clock)."""
         chunks: list[tuple[Hashable, Chunk]] = []
         runs: dict[tuple[str | None, int | None], _Run] = {}
+        self._tracked = self._chunked = 0
         decode = self._decode
         lanes = self._lanes if self._ordering is Ordering.KEY else 0
-        consumed = decoded = 0
+        # The state of the partition being read is kept in locals while its messages follow
+        # each other (consume() returns them in runs): this loop runs once per record.
+        run: _Run | None = None
+        topic: str | None = None
+        partition: int | None = None
+        where: tuple[str | None, int | None] = (None, None)
+        watermark: PartitionWatermark | None = None
+        floor: int | None = None
+        before: frozenset[int] = frozenset()
+        offsets: list[int] = []
+        by_lane: dict[int, Chunk] = {}
         for message in messages:
-            where = (message.topic(), message.partition())
-            run = runs.get(where)
-            if run is None:
-                run = runs[where] = self._open(where)
-            watermark = run.watermark
+            next_topic = message.topic()
+            next_partition = message.partition()
+            if run is None or next_partition != partition or next_topic != topic:
+                if run is not None:
+                    run.floor = floor
+                topic, partition = next_topic, next_partition
+                where = (topic, partition)
+                run = runs.get(where)
+                if run is None:
+                    run = runs[where] = self._open(where)
+                watermark, floor = run.watermark, run.floor
+                offsets, by_lane = run.offsets, run.lanes
+                before = watermark.delivered_before if watermark is not None else frozenset()
             if watermark is None:
                 continue  # revoked or stopped: read again by whoever owns it
             offset = message.offset()
             assert offset is not None
-            if run.floor is not None and offset < run.floor:
+            if floor is not None and offset < floor:
                 # Offsets went back (the log was truncated, or reset): start the partition afresh.
                 self._close(run, chunks)
                 run = runs[where] = _Run(run.tp, self._partitions.reset(run.tp, offset))
                 watermark = run.watermark
                 assert watermark is not None
-            run.offsets.append(offset)
-            run.floor = offset + 1
-            consumed += 1
+                offsets, by_lane, before = run.offsets, run.lanes, watermark.delivered_before
+            offsets.append(offset)
+            floor = offset + 1
             value = message.value()
-            before = watermark.delivered_before
-            delivered_before = bool(before) and offset in before
-            if delivered_before or value is None:
+            if value is None or (before and offset in before):
                 # Rare: the offset must be tracked before it is settled, and settling may halt
                 # the partition, so its state is read again for the next message.
                 self._close(run, chunks)
                 del runs[where]
-                if delivered_before:
+                tp, run = run.tp, None
+                if value is not None:
                     self._skip(watermark, offset, "delivered_before")
                 else:
-                    self._tombstone(message, run.tp, offset, watermark)
+                    self._tombstone(message, tp, offset, watermark)
                 continue
             try:
                 payload = decode(value)
             except DecodeError as exc:
                 self._close(run, chunks)
                 del runs[where]
+                tp, run = run.tp, None
                 self._router.guard.decoded(failed=1)
-                self._refuse(record_of(message, run.tp, offset, watermark, b""), exc, "decode")
+                self._refuse(record_of(message, tp, offset, watermark, b""), exc, "decode")
                 continue
-            decoded += 1
             key = message.key()
             lane = hash(key) % lanes if lanes and key is not None else PARTITION_LANE
-            chunk = run.lanes.get(lane)
+            chunk = by_lane.get(lane)
             if chunk is None:
-                chunk = run.lanes[lane] = Chunk(run.tp, watermark, consumed_at)
-            # Chunk.add, inlined: this runs for every record.
+                chunk = by_lane[lane] = Chunk(run.tp, watermark, consumed_at)
+            # Chunk.add, inlined.
             chunk.offsets.append(offset)
             chunk.payloads.append(payload)
             chunk.messages.append(message)
             chunk.size += len(payload)
-        for run in runs.values():
-            self._close(run, chunks)
-        self._tally.consumed += consumed
-        self._metrics.records_consumed.inc(consumed)
-        self._router.guard.decoded(ok=decoded)
+        for left in runs.values():
+            self._close(left, chunks)
+        self._tally.consumed += self._tracked
+        self._metrics.records_consumed.inc(self._tracked)
+        self._router.guard.decoded(ok=self._chunked)
         return chunks
 
     def _open(self, where: tuple[str | None, int | None]) -> _Run:
@@ -161,6 +182,7 @@ class Ingest:
         if run.watermark is None or not run.offsets:
             return
         run.watermark.track_all(run.offsets)
+        self._tracked += len(run.offsets)
         run.offsets = []
         if not run.lanes:
             return
@@ -170,6 +192,7 @@ class Ingest:
             count += len(chunk)
             size += chunk.size
         self._inflight.admit(run.tp, count, size)
+        self._chunked += count
         run.lanes = {}
 
     def _tombstone(
