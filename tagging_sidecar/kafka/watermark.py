@@ -66,13 +66,17 @@ class PartitionWatermark:
             self._pending.extend(offsets)
 
     def done_all(self, offsets: list[int]) -> None:
-        """:meth:`done` for each of ``offsets`` (a whole acknowledged chunk), in one pass."""
+        """:meth:`done` for each of ``offsets`` (a whole acknowledged chunk, in increasing
+        order), in one pass."""
         pending = self._pending
-        if not pending:
+        if not pending or not offsets:
             return
         head = pending[0]
         finished = self._done
-        finished.update([offset for offset in offsets if offset >= head])
+        if offsets[0] >= head:
+            finished.update(offsets)  # the usual case: none was passed already
+        else:
+            finished.update([offset for offset in offsets if offset >= head])
         if head not in finished:
             # The position stays: only the offsets done above it (the metadata) changed.
             self.done_version += 1
