@@ -10,9 +10,13 @@ import pytest
 from tagging_sidecar.config import GrpcSettings, InputFormat
 from tagging_sidecar.errors import PermanentForwardError, RetryableForwardError
 from tagging_sidecar.forward import HavilahClient
+from tagging_sidecar.forward.dispatcher import ForwardingDispatcher
+from tagging_sidecar.kafka.records import Chunk
+from tagging_sidecar.kafka.watermark import PartitionWatermark
 from tagging_sidecar.produce import encode, make_record
 
 from ..sim.downstream import FakeServer
+from ..sim.kafka import FakeMessage
 
 
 def _payloads(ids: list[str]) -> list[bytes]:
@@ -110,3 +114,24 @@ def test_server_answers_use_up_max_attempts() -> None:
     with pytest.raises(RetryableForwardError):
         HavilahClient(settings, server).deliver(_payloads(["h1"]))
     assert server.calls == 2
+
+
+def test_the_dispatcher_names_each_rejected_record_by_its_own_chunk_and_offset() -> None:
+    """A batch of several chunks is one list of payloads for the client; each record the
+    server refuses comes back as a one-record chunk of its own partition and offset."""
+    server = FakeServer(reject_ids={"b1", "c0"})
+    dispatcher = ForwardingDispatcher(_client(server), ready_timeout=1.0)
+    watermark = PartitionWatermark()
+    chunks = []
+    for partition, (name, offsets) in enumerate({"a": [0, 1], "b": [5, 9], "c": [7]}.items()):
+        chunk = Chunk(("t", partition), watermark)
+        payloads = _payloads([f"{name}{i}" for i in range(len(offsets))])
+        for offset, payload in zip(offsets, payloads, strict=True):
+            chunk.add(offset, payload, FakeMessage("t", partition, offset, b"k", payload))
+        chunks.append(chunk)
+    rejected = dispatcher.process(chunks)
+    assert [(r.item.tp, r.item.offsets) for r in rejected] == [(("t", 1), [9]), (("t", 2), [7])]
+    assert all(isinstance(r.error, PermanentForwardError) for r in rejected)
+    refused = rejected[0].item.record(0)
+    assert (refused.key, refused.value) == (b"k", chunks[1].payloads[1])
+    assert set(server.stored) == {"a0", "a1", "b0"}  # halving sends some twice
