@@ -20,7 +20,7 @@ from tagging_sidecar.errors import ForwardError, PermanentForwardError
 from tagging_sidecar.kafka.guard import FailureRateGuard
 from tagging_sidecar.kafka.inflight import InFlight
 from tagging_sidecar.kafka.partitions import TP, PartitionStates
-from tagging_sidecar.kafka.records import Chunk, Record
+from tagging_sidecar.kafka.records import Chunk, Record, RecordKey
 from tagging_sidecar.kafka.stages import CommitWaits
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import Rejected
@@ -135,11 +135,7 @@ class OutcomeRouter:
     def _batch_done(self, outcome: BatchDone) -> None:
         # A rejection names a chunk: one record the server refused, or a whole chunk of a
         # batch that failed as a whole.
-        failed: dict[tuple[int, int], Rejected[Chunk]] = {}
-        for rejection in outcome.rejected:
-            rejected = rejection.item
-            for offset in rejected.offsets:
-                failed[(id(rejected.watermark), offset)] = rejection
+        failed = {key: r for r in outcome.rejected for key in r.item.record_keys()}
         forwarded = 0
         for chunk in outcome.chunks:
             tp = (chunk.topic, chunk.partition)
@@ -169,26 +165,23 @@ class OutcomeRouter:
         chunk: Chunk,
         tp: TP,
         live: bool,
-        failed: dict[tuple[int, int], Rejected[Chunk]],
+        failed: dict[RecordKey, Rejected[Chunk]],
     ) -> int:
         """Apply a chunk some of whose records failed; returns how many were forwarded."""
         forwarded = settled = size = delivered = 0
-        mark = id(chunk.watermark)
-        for index, offset in enumerate(chunk.offsets):
-            rejection = failed.get((mark, offset))
-            payload = chunk.payloads[index]
+        for index, key in enumerate(chunk.record_keys()):
+            rejection = failed.get(key)
+            if rejection is not None and live:
+                self._undelivered(chunk.single(index), rejection.error)
+                continue
+            # Acknowledged, or a late result of a partition no longer ours: settled either way.
+            settled += 1
+            size += len(chunk.payloads[index])
             if rejection is None:
                 forwarded += 1
-                settled += 1
-                size += len(payload)
                 if live:
-                    chunk.watermark.done(offset)
+                    chunk.watermark.done(chunk.offsets[index])
                     delivered += 1
-            elif not live:
-                settled += 1
-                size += len(payload)
-            else:
-                self._undelivered(chunk.single(index), rejection.error)
         self._inflight.release(tp, settled, size)
         if delivered:
             self._inflight.delivered(tp, delivered)

@@ -79,6 +79,11 @@ def record_of(
     )
 
 
+#: what tells a record apart within the results of one call: its partition's watermark (a
+#: partition read again after a reset or a new assignment has a new one) and its offset
+RecordKey = tuple[int, int]
+
+
 class Chunk:
     """Records of one ordering unit of one partition, in offset order: one item of the pool.
 
@@ -157,6 +162,11 @@ class Chunk:
         one = Chunk(self.tp, self.watermark, self.consumed if consumed is None else consumed)
         one.add(self.offsets[index], self.payloads[index], self.messages[index])
         return one
+
+    def record_keys(self) -> list[RecordKey]:
+        """Each record's :data:`RecordKey`, in order."""
+        mark = id(self.watermark)
+        return [(mark, offset) for offset in self.offsets]
 
     def timestamps(self, indexes: Sequence[int]) -> list[int]:
         """The Kafka timestamps (milliseconds) of the records at ``indexes``."""

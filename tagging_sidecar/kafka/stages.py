@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from tagging_sidecar.kafka.partitions import TP
-from tagging_sidecar.kafka.records import Chunk
+from tagging_sidecar.kafka.records import Chunk, RecordKey
 from tagging_sidecar.kafka.watermark import PartitionWatermark
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import Rejected
@@ -95,7 +95,7 @@ class TimedDispatcher:
             self._observe(first, [stamp for chunk in batch for stamp in chunk.timestamps(ends)])
             return ()
         # Rare: only what the server acknowledged has an age, and counts as delivered by it.
-        refused = {(id(r.item.watermark), offset) for r in rejected for offset in r.item.offsets}
+        refused = {key for r in rejected for key in r.item.record_keys()}
         stamps = _acknowledged_ends(batch, refused)
         if stamps:
             self._observe(first, stamps)
@@ -108,13 +108,12 @@ class TimedDispatcher:
         self._metrics.observe_record_ages(stamps, now=self._wall())
 
 
-def _acknowledged_ends(batch: Iterable[Chunk], refused: set[tuple[int, int]]) -> list[int]:
+def _acknowledged_ends(batch: Iterable[Chunk], refused: set[RecordKey]) -> list[int]:
     """Timestamps of the first and last acknowledged record of each chunk; ``refused`` holds
-    (id of the watermark, offset) of each record that was not."""
+    the key of each record that was not."""
     stamps: list[int] = []
     for chunk in batch:
-        mark = id(chunk.watermark)
-        kept = [i for i, offset in enumerate(chunk.offsets) if (mark, offset) not in refused]
+        kept = [i for i, key in enumerate(chunk.record_keys()) if key not in refused]
         if kept:
             stamps += chunk.timestamps((kept[0], kept[-1]))
     return stamps
