@@ -82,6 +82,11 @@ class Committer:
         self._settled += count
 
     @property
+    def settled_since_commit(self) -> bool:
+        """Whether records settled since the last commit was sent."""
+        return self._settled > 0
+
+    @property
     def in_flight(self) -> bool:
         """Whether an asynchronous commit awaits its result."""
         return self._in_flight_since is not None

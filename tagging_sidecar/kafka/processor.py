@@ -72,6 +72,9 @@ class Timing:
     consume_batch: int = 2000
     idle_poll: float = 0.5  #: how long one poll may block when nothing is ready or in flight
     busy_poll: float = 0.005  #: how long one poll may block while records are in flight
+    #: how long reading must find nothing, with nothing in flight, before what settled is
+    #: committed ahead of the interval (a record arriving sooner keeps the commit cadence)
+    caught_up: float = 0.1
     pause_after: float = 1.0  #: how long the pipeline may stay full before partitions pause
     hold_limit: int = 16  #: messages held aside while full before partitions pause
     grace: float = 20.0  #: drain on shutdown, wait for in-flight work on revoke
@@ -174,10 +177,7 @@ class StreamProcessor:
             )
             messages = self._held + (self.consumer.consume(wanted, 0) if wanted > 0 else [])
             if not messages:
-                # Results arrive on another queue than Kafka's: with records in flight, block
-                # only briefly, so that they are applied and committed without delay.
-                wait = self._timing.busy_poll if self.inflight.records else self._timing.idle_poll
-                messages = self.consumer.consume(1, wait)
+                messages = self._wait_for_records()
             # A chunk is timed from its oldest record: one held aside counts from its consume().
             consumed = self._held_since if self._held else self._clock()
             self._held = []
@@ -189,6 +189,24 @@ class StreamProcessor:
         self.fatal = self.fatal or self._router.fatal
         if self.fatal is not None:
             raise FatalError(self.fatal)
+
+    def _wait_for_records(self) -> list[Message]:
+        """Block for one record when none is ready, as long as nothing else needs the loop.
+
+        Results and commit reports arrive on other queues than Kafka's: while either is
+        awaited, block only briefly, so that they are applied without delay. With nothing in
+        flight but records settled since the last commit, block a little, then commit them:
+        a consumer that has caught up leaves no lag standing until the commit interval.
+        """
+        timing = self._timing
+        if self.inflight.records or self.committer.in_flight:
+            return self.consumer.consume(1, timing.busy_poll)
+        if not self.committer.settled_since_commit:
+            return self.consumer.consume(1, timing.idle_poll)
+        messages = self.consumer.consume(1, min(timing.caught_up, timing.idle_poll))
+        if not messages:
+            self.committer.maybe_commit(force=True)
+        return messages
 
     def _ingest_all(self, messages: Sequence[Message], consumed: float) -> None:
         if not messages:

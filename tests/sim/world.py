@@ -174,6 +174,10 @@ class Limits:
     max_uncommitted: int = 8
     #: pause as soon as the pipeline is full, so pauses meet rebalances often
     pause_after: float = 0.0
+    #: how long a poll blocks with nothing to read and nothing in flight
+    idle_poll: float = 0.0
+    #: seconds between the committer's timed commits
+    commit_interval: float = 1.0
 
 
 class Sidecar:
@@ -216,7 +220,7 @@ class Sidecar:
             consumer=self.consumer,
             partitions=self.partitions,
             metrics=self.metrics,
-            interval=1.0,
+            interval=limits.commit_interval,
             every=7,
             clock=clock,
             inflight=self.inflight,
@@ -250,7 +254,7 @@ class Sidecar:
             dead_letters=self.dlq,
             timing=Timing(
                 consume_batch=limits.consume_batch,
-                idle_poll=0.0,
+                idle_poll=limits.idle_poll,
                 pause_after=limits.pause_after,
                 grace=5.0,
             ),

@@ -1,0 +1,92 @@
+"""What the processor does once it has read everything: commit what settled, then sleep.
+
+The real processor over the simulated world (``tests/sim``): a fake broker whose ``consume()``
+lets simulated time pass when it would block, the real ingest, watermarks, router and
+committer, and a pool whose chunks the test runs.
+"""
+
+from __future__ import annotations
+
+from ..sim.downstream import FakeServer
+from ..sim.kafka import TP, FakeBroker
+from ..sim.world import FakeClock, Limits, Sidecar, record_value
+
+P0: TP = ("t", 0)
+IDLE_POLL = 0.5  #: the processor's idle poll
+INTERVAL = 60.0  #: the committer's interval: no timed commit happens in these tests
+
+
+def _world() -> tuple[FakeBroker, Sidecar, list[float]]:
+    """A joined sidecar and the list of the timeouts its ``consume()`` calls blocked for."""
+    broker = FakeBroker()
+    broker.create("t", 1)
+    limits = Limits(max_records=1000, consume_batch=100, max_uncommitted=0)
+    limits.idle_poll, limits.commit_interval = IDLE_POLL, INTERVAL
+    limits.pool_capacity = 10_000
+    sidecar = Sidecar(broker, FakeServer(atomic=True), FakeClock(), limits)
+    for _ in range(3):  # join the group
+        sidecar.processor.step()
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        sidecar.clock.advance(seconds)
+
+    sidecar.consumer.on_wait = wait
+    return broker, sidecar, waits
+
+
+def _produce(broker: FakeBroker, count: int) -> None:
+    for _ in range(count):
+        broker.append(P0, None, record_value(f"r-{len(broker.logs[P0])}", "ok"))
+
+
+def _forward_all(sidecar: Sidecar) -> None:
+    while sidecar.pool.queued:
+        sidecar.pool.run(0)
+
+
+def _commits(sidecar: Sidecar) -> int:
+    value = sidecar.metrics.registry.get_sample_value(
+        "tagging_sidecar_commit_duration_seconds_count"
+    )
+    return int(value or 0)
+
+
+def test_what_settled_is_committed_once_reading_catches_up_not_at_the_next_interval() -> None:
+    broker, sidecar, waits = _world()
+    _produce(broker, 3)  # fewer than the commit cadence's count (7): only the interval is left
+    sidecar.processor.step()  # read and hand on
+    _forward_all(sidecar)
+    applied_at = sidecar.clock()
+    sidecar.processor.step()  # apply the results; nothing more to read
+    assert sidecar.tally.forwarded == 3
+    # Committed in the pass that found the consumer caught up, a short wait after the results,
+    # not after the idle poll and the commit interval: lag reads zero and a restart at this
+    # moment delivers none of the three again.
+    assert broker.committed[P0][0] == 3
+    assert sidecar.clock() - applied_at < IDLE_POLL
+    sidecar.processor.step()  # the commit's result is served
+    sidecar.processor.step()  # nothing settled since: a plain idle poll
+    assert waits[-1] == IDLE_POLL
+    assert _commits(sidecar) == 1
+
+
+def test_a_steady_trickle_commits_on_the_cadence_not_at_every_pause_between_records() -> None:
+    broker, sidecar, waits = _world()
+    _produce(broker, 1)
+
+    def a_record_arrives_while_waiting(seconds: float) -> None:
+        # The next record lands during every wait: reading never catches up for long.
+        waits.append(seconds)
+        sidecar.clock.advance(seconds)
+        _produce(broker, 1)
+
+    sidecar.consumer.on_wait = a_record_arrives_while_waiting
+    for _ in range(12):
+        sidecar.processor.step()
+        _forward_all(sidecar)
+    forwarded = sidecar.tally.forwarded
+    assert forwarded >= 6
+    # Only the cadence's count (7 records) triggers a commit here.
+    assert _commits(sidecar) <= forwarded // 7
