@@ -8,13 +8,14 @@ congestion control and of adaptive concurrency limits, written for batches.
 * **Start at one call.** One call in flight carrying everything that waits is the cheapest way
   to move records when the downstream keeps up; the limit is only raised when that is not
   enough.
-* **Probe, measure, keep or revert.** When the limit was fully used and work was waiting (the
-  window was *busy*), the limit moves and the next window is compared with the throughput
-  measured at the old limit: a step up is kept only if it bought ``gain`` more throughput (a
-  downstream that serves calls in parallel); a step down only if it kept ``keep`` of it and
-  records did not spend ``wait_gain`` longer in calls (the sidecar's CPU, not the
-  downstream, was the limit). A reverted probe makes the next one wait twice as many windows,
-  up to ``max_hold``; a kept one is followed at once by the next, in the same direction.
+* **Probe, measure, keep or revert.** When the limit was fully used and work was turned away
+  for lack of room while the calls ran (the window was *busy*), the limit moves and the next
+  window is compared with the throughput measured at the old limit: a step up is kept only
+  if it bought ``gain`` more throughput (a downstream that serves calls in parallel); a step
+  down only if it kept ``keep`` of it and records did not spend ``wait_gain`` longer in
+  calls (the sidecar's CPU, not the downstream, was the limit). A reverted probe makes the
+  next one wait twice as many windows, up to ``max_hold``; a kept one is followed at once by
+  the next, in the same direction.
 * **Slow start.** Until the first probe fails, a step up doubles the limit, as TCP's slow
   start does; then it moves one at a time.
 * **Shrink on trouble.** A failed call cuts the limit by ``decrease`` (at most once a round of
@@ -159,8 +160,10 @@ class AdaptiveLimit:
         """Account one finished call; return the change it caused, if any.
 
         ``in_flight`` counts the calls in flight when this one finished, itself included;
-        ``waiting`` says whether work was queued then. Together they tell whether the limit,
-        and not the traffic, was what held throughput back.
+        ``waiting`` says whether work found no room while it ran (the queues were full):
+        records merely queued behind a call are the next batch, and one call keeps up with
+        them. Together they tell whether the limit, and not the traffic or the sidecar's own
+        CPU, was what held throughput back.
         """
         t = self.tuning
         if failed:

@@ -22,6 +22,7 @@ Design (see docs/design/pool.md for the measurements behind it; the worker side 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -109,6 +110,9 @@ class WorkerPool(SlotWorkers[R]):
         self._affinity: dict[Hashable, _Hold] = {}
         self._active = 0
         self._backlog = 0
+        #: when an item last found no room (the pool's clock): calls that ran across it were
+        #: not enough for the work offered
+        self._last_refusal = -math.inf
         self._in_process = 0
         self._scale_ups = 0
         self._scale_downs = 0
@@ -176,6 +180,7 @@ class WorkerPool(SlotWorkers[R]):
                 if slot is not None:
                     self._enqueue_locked(slot, item, key, weight)
                     return
+                self._last_refusal = self._clock()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise PoolFull(f"{self._name}: no room for the item within {timeout} s")
@@ -186,6 +191,7 @@ class WorkerPool(SlotWorkers[R]):
         with self._lock:
             slot = self._route_locked(key, weight)
             if slot is None:
+                self._last_refusal = self._clock()
                 return False
             self._enqueue_locked(slot, item, key, weight)
             return True

@@ -71,6 +71,8 @@ class _Slot(Generic[R]):
         self.active = False
         self.leaving = False
         self.idle_since = 0.0
+        #: when the batch in process was taken (the pool's clock)
+        self.taken_at = 0.0
 
     @property
     def load(self) -> int:
@@ -97,6 +99,7 @@ class SlotWorkers(Generic[R]):
     _affinity: dict[Hashable, _Hold]
     _active: int
     _backlog: int
+    _last_refusal: float
     _in_process: int
     _scale_ups: int
     _scale_downs: int
@@ -374,6 +377,7 @@ class SlotWorkers(Generic[R]):
     def _taken_locked(self, slot: _Slot[R], weight: int) -> None:
         slot.queued_weight -= weight
         slot.in_process = weight
+        slot.taken_at = self._clock()
         self._backlog -= weight
         self._in_process += weight
         self._calls += 1
@@ -416,7 +420,10 @@ class SlotWorkers(Generic[R]):
         self, slot: _Slot[R], weight: int, seconds: float, failed: bool
     ) -> None:
         assert self._limiter is not None
-        change = self._limiter.on_call(weight, seconds, failed, self._calls + 1, self._backlog > 0)
+        # Work waited for this call's limit only if some found no room while it ran: records
+        # merely queued behind a call are what the next batch carries, and one call keeps up.
+        waiting = self._last_refusal >= slot.taken_at
+        change = self._limiter.on_call(weight, seconds, failed, self._calls + 1, waiting)
         if change is not None:
             _log.debug(
                 "call limit changed",

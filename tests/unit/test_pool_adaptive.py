@@ -25,6 +25,8 @@ class ScriptedLimit:
         self.value = limit
         self.script = list(script)
         self.fed: list[tuple[int, int, bool]] = []
+        #: the ``waiting`` of each call fed
+        self.waits: list[bool] = []
 
     @property
     def limit(self) -> int:
@@ -34,6 +36,7 @@ class ScriptedLimit:
         self, records: int, seconds: float, failed: bool, in_flight: int, waiting: bool
     ) -> LimitChange | None:
         self.fed.append((records, in_flight, failed))
+        self.waits.append(waiting)
         if self.script:
             old, self.value = self.value, self.script.pop(0)
             return LimitChange(old, self.value, "scripted")
@@ -220,6 +223,31 @@ def test_no_new_call_starts_until_calls_in_flight_fall_below_a_lowered_limit() -
     assert all(i > ends_of_c for i in starts[3:])
     assert len(starts) == 5
     assert max(concurrent for concurrent, _ in shared.checks[3:]) == 1
+
+
+def test_work_waited_for_the_limit_only_if_some_found_no_room_while_the_call_ran() -> None:
+    limit = ScriptedLimit(1)
+    clock = FakeClock()
+    pool, shared = make(limit, max_workers=1, max_batch=8, clock=clock)  # a queue of 8 items
+    first = shared.hold("first")
+    pool.dispatch("first")
+    wait_until(lambda: pool.stats().in_process == 1)
+    # Queued behind the call with room to spare: the next batch carries it, one call keeps up.
+    assert pool.offer("behind")
+    first.set()
+    wait_until(lambda: len(limit.waits) == 2)
+    assert limit.waits == [False, False]
+    second = shared.hold("second")
+    pool.dispatch("second")
+    wait_until(lambda: pool.stats().in_process == 1)
+    offered = [pool.offer(("more", i)) for i in range(9)]
+    assert offered == [True] * 8 + [False]  # the ninth found the queue full
+    clock.advance(1.0)  # the batch after this call is taken later than the refusal
+    second.set()
+    wait_until(lambda: len(limit.waits) == 4)
+    # The call that ran while an offer was refused says so; the batch after it does not.
+    assert limit.waits[2:] == [True, False]
+    assert pool.stop(drain=True, timeout=20) == []
 
 
 def test_failed_calls_are_fed_to_the_limit() -> None:
