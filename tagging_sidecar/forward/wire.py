@@ -20,12 +20,10 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [_RECORDS_TAG + _varint(n) for n in range(128)]
-
-
-def field_header(length: int) -> bytes:
-    """Tag and length prefix of one record inside a ``TaggingBatch``."""
-    return _SMALL[length] if length < 128 else _RECORDS_TAG + _varint(length)
+#: the header of every record shorter than 16 KiB (a length of one or two varint bytes), built
+#: once (about 0.7 MB): encoding the varint of each record took two thirds of building a batch
+_HEADERS = [_RECORDS_TAG + _varint(n) for n in range(1 << 14)]
+_TABLED = len(_HEADERS)
 
 
 def batch_messages(payloads: Sequence[bytes], max_bytes: int) -> Iterator[bytes]:
@@ -36,9 +34,11 @@ def batch_messages(payloads: Sequence[bytes], max_bytes: int) -> Iterator[bytes]
     """
     parts: list[bytes] = []
     size = 0
+    headers = _HEADERS
     for payload in payloads:
-        header = field_header(len(payload))
-        grow = len(header) + len(payload)
+        length = len(payload)
+        header = headers[length] if length < _TABLED else _RECORDS_TAG + _varint(length)
+        grow = len(header) + length
         if parts and size + grow > max_bytes:
             yield b"".join(parts)
             parts = []

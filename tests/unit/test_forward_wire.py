@@ -25,8 +25,22 @@ def test_batches_decode_to_the_same_records_in_order(ids: list[str], max_bytes: 
         assert len(message) <= max_bytes or len(TaggingBatch.FromString(message).records) == 1
 
 
-def test_a_batch_is_what_protobuf_itself_would_encode() -> None:
-    records = [Tagging(id=f"r{i}", value=i) for i in range(5)]
+def _record_of(size: int) -> Tagging:
+    """A record whose wire form is exactly ``size`` bytes long."""
+    for padding in range(size, -1, -1):
+        record = Tagging(id="r", source="s" * padding)
+        if record.ByteSize() == size:
+            return record
+    raise AssertionError(f"no record of {size} bytes")
+
+
+@pytest.mark.parametrize(
+    "size",
+    # each side of the lengths whose varint grows a byte (the headers up to 16 KiB are tabled)
+    [6, 127, 128, 16_383, 16_384, 70_000],
+)
+def test_a_batch_is_what_protobuf_itself_would_encode(size: int) -> None:
+    records = [_record_of(size), Tagging(id="small", value=1.5), _record_of(size)]
     (message,) = batch_messages([r.SerializeToString() for r in records], 1 << 20)
     assert message == TaggingBatch(records=records).SerializeToString()
 
