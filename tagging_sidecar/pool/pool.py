@@ -300,7 +300,7 @@ class WorkerPool(SlotWorkers[R]):
                 self._affinity[key] = _Hold(cast(_Slot[object], slot), weight)
             else:
                 held.weight += weight
-        slot.wakeup.notify()
+        self._arrived_locked(slot)
 
     def _activate_locked(self, reason: str) -> _Slot[R] | None:
         if self._halted:

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Generic, TypeVar, cast
 
 import structlog
@@ -57,6 +58,18 @@ class _Hold:
     weight: int
 
 
+class _Awaits(Enum):
+    """What a worker blocked on its slot's condition waits for: an arrival wakes it only when
+    the arrival changes that (a wake costs a thread switch and the interpreter lock)."""
+
+    #: running, or waiting for its turn at a call or a retry's backoff
+    NOTHING = "nothing"
+    #: an empty queue: any arrival
+    WORK = "work"
+    #: lingering: an arrival that makes the queue worth a call
+    ENOUGH = "enough"
+
+
 class _Slot(Generic[R]):
     """One worker position: its queue, its dispatcher and, while active, its thread."""
 
@@ -73,6 +86,7 @@ class _Slot(Generic[R]):
         self.idle_since = 0.0
         #: when the batch in process was taken (the pool's clock)
         self.taken_at = 0.0
+        self.awaits = _Awaits.NOTHING
 
     @property
     def load(self) -> int:
@@ -221,7 +235,9 @@ class SlotWorkers(Generic[R]):
                 slot.leaving = True
                 return False
             remaining = policy.idle_timeout - idle_for
+            slot.awaits = _Awaits.WORK
             slot.wakeup.wait(remaining if remaining > 0 else policy.idle_timeout)
+            slot.awaits = _Awaits.NOTHING
         return True
 
     def _linger_locked(self, slot: _Slot[R]) -> None:
@@ -230,10 +246,20 @@ class SlotWorkers(Generic[R]):
             return
         # A trickle would otherwise make one call per record: wait briefly for more.
         deadline = slot.queue[0].queued_at + self._linger
+        slot.awaits = _Awaits.ENOUGH
         while self._lingers(slot) and not self._halted:
             left = deadline - self._clock()
             if left <= 0 or not slot.wakeup.wait(left):
                 break
+        slot.awaits = _Awaits.NOTHING
+
+    def _arrived_locked(self, slot: _Slot[R]) -> None:
+        """Wake ``slot``'s worker for what was just queued, if it waits for that."""
+        # At moderate rates items arrive a record or two at a time: waking a lingering worker
+        # for each, only for it to find too little and wait again, cost more than the calls.
+        awaits = slot.awaits
+        if awaits is _Awaits.WORK or (awaits is _Awaits.ENOUGH and not self._lingers(slot)):
+            slot.wakeup.notify()
 
     def _lingers(self, slot: _Slot[R]) -> bool:
         """Whether ``slot`` holds too little to be worth a call before its linger is over."""

@@ -118,6 +118,38 @@ def test_scales_down_after_idle_time(scaling: str) -> None:
 
 
 @pytest.mark.parametrize("scaling", SCALINGS)
+def test_arrivals_do_not_cut_short_the_backoff_of_a_worker_that_is_not_ready(
+    scaling: str,
+) -> None:
+    # Every arrival woke a worker waiting out its backoff after a failed ``before``, and it
+    # tried again at once: against a downstream that is down, an attempt per item queued.
+    recorder = Recorder()
+    recorder.fail_before = 1
+    policy = ScalingPolicy(min_workers=0, max_workers=1, queue_size=8)
+    pool: WorkerPool[Any] = WorkerPool(
+        lambda: RecordingDispatcher(recorder),
+        Results(),
+        policy,
+        clock=FakeClock(),
+        before_backoff=(60.0, 60.0),  # a backoff no test waits out
+        limiter=limiter_for(scaling, policy),
+    )
+    pool.start()
+    pool.dispatch(0)
+    wait_until(lambda: pool.stats().before_failures == 1)
+    for item in range(1, 5):
+        pool.dispatch(item)
+        # A worker woken by it would try again at once: give it the chance to show.
+        quiet_until = time.monotonic() + 0.1
+        while recorder.before_calls == 1 and time.monotonic() < quiet_until:
+            time.sleep(0.005)
+    assert recorder.before_calls == 1
+    assert pool.stats().backlog == 5
+    assert pool.stop(drain=False, timeout=20) == [0, 1, 2, 3, 4]
+    assert recorder.delivered == []
+
+
+@pytest.mark.parametrize("scaling", SCALINGS)
 def test_failing_before_is_retried_and_nothing_is_sent_meanwhile(scaling: str) -> None:
     recorder = Recorder()
     recorder.fail_before = 3

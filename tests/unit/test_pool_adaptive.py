@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -137,6 +139,52 @@ def test_a_lone_record_lingers_for_company_until_enough_arrive() -> None:
     pool.dispatch("company", weight=LINGER_BELOW - 1)  # together worth a call at once
     wait_until(lambda: len(shared.batches) == 1, timeout=LINGER / 3)
     assert shared.batches == [["alone", "company"]]
+    pool.stop(drain=True, timeout=20)
+
+
+class CountingCondition(threading.Condition):
+    """A condition that logs each wait with a timeout: the timeout, and whether a notify ended
+    it (None while it lasts; CPython's conditions never wake without one)."""
+
+    log: ClassVar[list[tuple[float, bool | None]]] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return super().wait()
+        entry = len(self.log)
+        self.log.append((timeout, None))
+        notified = super().wait(timeout)
+        self.log[entry] = (timeout, notified)
+        return notified
+
+
+def test_a_lingering_worker_is_woken_only_once_its_queue_is_worth_a_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every arrival woke the lingering worker, which found too little and waited again: at
+    # moderate rates a thread switch and the interpreter lock per chunk of a record or two.
+    monkeypatch.setattr(threading, "Condition", CountingCondition)
+    log: list[tuple[float, bool | None]] = []
+    monkeypatch.setattr(CountingCondition, "log", log)
+    pool, shared = make(ScriptedLimit(1), max_workers=1, linger=LINGER)
+
+    def lingers() -> list[bool | None]:
+        return [notified for timeout, notified in log if timeout == LINGER]
+
+    pool.dispatch("alone", weight=1)
+    wait_until(lambda: len(lingers()) == 1)
+    for index in range(5):
+        waits = len(lingers())
+        pool.dispatch(f"more-{index}", weight=1)
+        # A worker woken by it would wait again at once: give it the chance to show.
+        quiet_until = time.monotonic() + 0.1
+        while len(lingers()) == waits and time.monotonic() < quiet_until:
+            time.sleep(0.005)
+    assert lingers() == [None]  # still in its first wait, never notified
+    pool.dispatch("enough", weight=LINGER_BELOW - 6)
+    wait_until(lambda: len(shared.batches) == 1, timeout=LINGER / 3)
+    assert shared.batches == [["alone", *(f"more-{i}" for i in range(5)), "enough"]]
+    assert lingers() == [True]
     pool.stop(drain=True, timeout=20)
 
 
