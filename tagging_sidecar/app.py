@@ -149,7 +149,12 @@ class Sidecar:
             tally=self.summary,
             cancel=self._cancel,
             dead_letters=dlq,
-            timing=Timing(consume_batch=s.kafka.consume_batch_size, grace=s.shutdown.grace_period),
+            timing=Timing(
+                consume_batch=s.kafka.consume_batch_size,
+                grace=s.shutdown.grace_period,
+                # Gathering while records are in flight is the pool's linger, done by the poll.
+                gather=s.pool.linger,
+            ),
         )
         self._processor = processor
         self._gauges = GaugeSampler(processor, pool, self.metrics)

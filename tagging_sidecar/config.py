@@ -450,7 +450,8 @@ class PoolSettings(_Section):
         description="while fewer than 128 records wait for a worker (or the largest batch, if "
         "smaller), the oldest of them waits this many seconds for more, counted from its "
         "arrival and including any wait for a free call; a live trickle would otherwise make "
-        "one call per record (`0`: send at once)",
+        "one call per record. While records are in flight, the poll loop gathers a trickle for "
+        "as long (at most 5 ms) and what it gathered has lingered (`0`: send at once)",
     )
     max_inflight_bytes: int = Field(
         default=64 * 1024 * 1024,

@@ -29,6 +29,7 @@ from tagging_sidecar.kafka.records import Chunk, Message
 from tagging_sidecar.observe.health import HealthState
 from tagging_sidecar.observe.metrics import Metrics
 from tagging_sidecar.pool import PoolStats
+from tagging_sidecar.pool.worker import LINGER_BELOW
 
 _log = structlog.get_logger("tagging_sidecar.processor")
 
@@ -50,7 +51,9 @@ class Consumer(Committing, Protocol):
 class Pool(Protocol):
     """The part of :class:`~tagging_sidecar.pool.WorkerPool` the processor uses."""
 
-    def offer(self, item: Chunk, key: Hashable | None = None, weight: int = 1) -> bool: ...
+    def offer(
+        self, item: Chunk, key: Hashable | None = None, weight: int = 1, waited: float = 0.0
+    ) -> bool: ...
     def withdraw(self, predicate: Callable[[Chunk], bool]) -> list[Chunk]: ...
     def stop(self, drain: bool = True, timeout: float | None = None) -> list[Chunk]: ...
     def stats(self) -> PoolStats: ...
@@ -72,6 +75,11 @@ class Timing:
     consume_batch: int = 2000
     idle_poll: float = 0.5  #: how long one poll may block when nothing is ready or in flight
     busy_poll: float = 0.005  #: how long one poll may block while records are in flight
+    #: while records are in flight, how long a poll that finds nothing ready waits to gather a
+    #: call's worth (``gather_records``) instead of returning at the first record; what it
+    #: gathers counts as having lingered (0: return at the first; at most ``busy_poll``)
+    gather: float = 0.005
+    gather_records: int = LINGER_BELOW
     #: how long reading must find nothing, with nothing in flight, before what settled is
     #: committed ahead of the interval (a record arriving sooner keeps the commit cadence)
     caught_up: float = 0.1
@@ -176,10 +184,10 @@ class StreamProcessor:
                 self._held
             )
             messages = self._held + (self.consumer.consume(wanted, 0) if wanted > 0 else [])
-            if not messages:
-                messages = self._wait_for_records()
             # A chunk is timed from its oldest record: one held aside counts from its consume().
             consumed = self._held_since if self._held else self._clock()
+            if not messages:
+                messages, consumed = self._wait_for_records(wanted)
             self._held = []
             self._ingest_all(messages, consumed)
         if self._dead_letters is not None:
@@ -190,23 +198,32 @@ class StreamProcessor:
         if self.fatal is not None:
             raise FatalError(self.fatal)
 
-    def _wait_for_records(self) -> list[Message]:
-        """Block for one record when none is ready, as long as nothing else needs the loop.
+    def _wait_for_records(self, wanted: int) -> tuple[list[Message], float]:
+        """Block for records when none is ready, as long as nothing else needs the loop; return
+        them and the time they count as read from (a reading of the clock).
 
         Results and commit reports arrive on other queues than Kafka's: while either is
-        awaited, block only briefly, so that they are applied without delay. With nothing in
-        flight but records settled since the last commit, block a little, then commit them:
-        a consumer that has caught up leaves no lag standing until the commit interval.
+        awaited, block only briefly, so that they are applied without delay, and gather what
+        arrives meanwhile (up to a call's worth) rather than wake for each fetch: at moderate
+        rates every wake costs more than the records it brings. What a poll gathered counts
+        from when the poll began, so the pool does not make it linger a second time. With
+        nothing in flight but records settled since the last commit, block a little, then
+        commit them: a consumer that has caught up leaves no lag standing until the commit
+        interval.
         """
         timing = self._timing
         if self.inflight.records or self.committer.in_flight:
-            return self.consumer.consume(1, timing.busy_poll)
+            began = self._clock()
+            gather = min(timing.gather, timing.busy_poll)
+            if gather > 0 and wanted > 1:
+                return self.consumer.consume(min(wanted, timing.gather_records), gather), began
+            return self.consumer.consume(1, timing.busy_poll), self._clock()
         if not self.committer.settled_since_commit:
-            return self.consumer.consume(1, timing.idle_poll)
+            return self.consumer.consume(1, timing.idle_poll), self._clock()
         messages = self.consumer.consume(1, min(timing.caught_up, timing.idle_poll))
         if not messages:
             self.committer.maybe_commit(force=True)
-        return messages
+        return messages, self._clock()
 
     def _ingest_all(self, messages: Sequence[Message], consumed: float) -> None:
         if not messages:
@@ -236,7 +253,7 @@ class StreamProcessor:
         for key, chunk in pending:
             if key is None or key not in refused:
                 chunk.offered = now  # before the offer: a worker may take the chunk at once
-                if offer(chunk, key, len(chunk)):
+                if offer(chunk, key, len(chunk), now - chunk.consumed):
                     continue
                 refused.add(key)
             kept.append((key, chunk))

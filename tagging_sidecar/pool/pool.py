@@ -186,14 +186,20 @@ class WorkerPool(SlotWorkers[R]):
                     raise PoolFull(f"{self._name}: no room for the item within {timeout} s")
                 self._space.wait(remaining)
 
-    def offer(self, item: R, key: Hashable | None = None, weight: int = 1) -> bool:
-        """Queue ``item`` if there is room now; return False instead of blocking."""
+    def offer(
+        self, item: R, key: Hashable | None = None, weight: int = 1, waited: float = 0.0
+    ) -> bool:
+        """Queue ``item`` if there is room now; return False instead of blocking.
+
+        ``waited``: seconds the item already spent gathering company before the offer; they
+        count against the linger.
+        """
         with self._lock:
             slot = self._route_locked(key, weight)
             if slot is None:
                 self._last_refusal = self._clock()
                 return False
-            self._enqueue_locked(slot, item, key, weight)
+            self._enqueue_locked(slot, item, key, weight, waited)
             return True
 
     def withdraw(self, predicate: Callable[[R], bool]) -> list[R]:
@@ -290,8 +296,10 @@ class WorkerPool(SlotWorkers[R]):
         # An item heavier than the limit is still taken by an empty slot, or it could never run.
         return slot.queued_weight == 0 or slot.queued_weight + weight <= limit
 
-    def _enqueue_locked(self, slot: _Slot[R], item: R, key: Hashable | None, weight: int) -> None:
-        slot.queue.append(_Entry(item, key, weight, self._clock()))
+    def _enqueue_locked(
+        self, slot: _Slot[R], item: R, key: Hashable | None, weight: int, waited: float = 0.0
+    ) -> None:
+        slot.queue.append(_Entry(item, key, weight, self._clock() - waited))
         slot.queued_weight += weight
         self._backlog += weight
         if key is not None:

@@ -131,8 +131,9 @@ class FakeConsumer:
         self._serve_events()
         self._serve_commit_reports()
         out: list[FakeMessage] = []
-        if timeout > 0 and self.on_wait is not None and not self._has_records():
-            # Nothing to return at once: the call blocks, and time passes meanwhile.
+        if timeout > 0 and self.on_wait is not None and self._ready() < num_messages:
+            # As librdkafka's: the call returns once ``num_messages`` are ready or the timeout
+            # has passed, and time passes meanwhile.
             self.on_wait(timeout)
         for tp in sorted(self.assignment - self.paused):
             log = self.broker.logs[tp]
@@ -144,9 +145,9 @@ class FakeConsumer:
                 break
         return out
 
-    def _has_records(self) -> bool:
-        return any(
-            self.positions[tp] < len(self.broker.logs[tp]) for tp in self.assignment - self.paused
+    def _ready(self) -> int:
+        return sum(
+            len(self.broker.logs[tp]) - self.positions[tp] for tp in self.assignment - self.paused
         )
 
     def _serve_events(self) -> None:

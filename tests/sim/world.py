@@ -66,9 +66,14 @@ class ManualPool:
         self.stopped = False
         #: offers still to refuse per key, as a worker busy with that key would
         self.refusals: dict[Hashable | None, int] = {}
+        #: the ``waited`` of every offer, in order
+        self.waited: list[float] = []
 
-    def offer(self, item: Chunk, key: Hashable | None = None, weight: int = 1) -> bool:
+    def offer(
+        self, item: Chunk, key: Hashable | None = None, weight: int = 1, waited: float = 0.0
+    ) -> bool:
         """Queue ``item`` if fewer than ``capacity`` records wait (and ``key`` is not busy)."""
+        self.waited.append(waited)
         if self.stopped:
             return False
         if self.refusals.get(key, 0) > 0:

@@ -142,6 +142,16 @@ def test_a_lone_record_lingers_for_company_until_enough_arrive() -> None:
     pool.stop(drain=True, timeout=20)
 
 
+def test_an_item_that_gathered_company_before_it_was_offered_does_not_linger_again() -> None:
+    # Records the consumer gathered for a linger's time have lingered: holding them for a
+    # second linger in the pool would double their wait.
+    pool, shared = make(ScriptedLimit(1), max_workers=1, linger=LINGER)
+    assert pool.offer("gathered", weight=1, waited=LINGER)
+    wait_until(lambda: len(shared.batches) == 1, timeout=LINGER / 3)
+    assert shared.batches == [["gathered"]]
+    pool.stop(drain=True, timeout=20)
+
+
 class CountingCondition(threading.Condition):
     """A condition that logs each wait with a timeout: the timeout, and whether a notify ended
     it (None while it lasts; CPython's conditions never wake without one)."""

@@ -1,4 +1,5 @@
-"""What the processor does once it has read everything: commit what settled, then sleep.
+"""How the processor reads when records trickle in: it gathers them while others are in
+flight, and once it has read everything it commits what settled, then sleeps.
 
 The real processor over the simulated world (``tests/sim``): a fake broker whose ``consume()``
 lets simulated time pass when it would block, the real ingest, watermarks, router and
@@ -6,6 +7,10 @@ committer, and a pool whose chunks the test runs.
 """
 
 from __future__ import annotations
+
+import pytest
+
+from tagging_sidecar.kafka.processor import Timing
 
 from ..sim.downstream import FakeServer
 from ..sim.kafka import TP, FakeBroker
@@ -90,3 +95,25 @@ def test_a_steady_trickle_commits_on_the_cadence_not_at_every_pause_between_reco
     assert forwarded >= 6
     # Only the cadence's count (7 records) triggers a commit here.
     assert _commits(sidecar) <= forwarded // 7
+
+
+def test_records_trickling_in_while_others_are_in_flight_are_gathered_into_one_read() -> None:
+    broker, sidecar, waits = _world()
+    _produce(broker, 1)
+    sidecar.processor.step()  # read and handed on; the pool runs nothing until told
+    assert sidecar.inflight.records == 1
+
+    def three_arrive(seconds: float) -> None:
+        waits.append(seconds)
+        for _ in range(3):
+            sidecar.clock.advance(seconds / 3)
+            _produce(broker, 1)
+
+    sidecar.consumer.on_wait = three_arrive
+    sidecar.processor.step()
+    # One read took all three: the poll waited for more rather than returning at the first,
+    # so the loop woke once for them instead of once per record.
+    assert [len(chunk) for _, chunk in sidecar.pool.queued] == [1, 3]
+    assert waits[-1] == Timing().gather > 0
+    # They count as waiting since the poll began, so the pool does not hold them a linger more.
+    assert sidecar.pool.waited[-1] == pytest.approx(waits[-1])
