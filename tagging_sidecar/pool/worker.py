@@ -256,7 +256,7 @@ class SlotWorkers(Generic[R]):
     def _arrived_locked(self, slot: _Slot[R]) -> None:
         """Wake ``slot``'s worker for what was just queued, if it waits for that."""
         # At moderate rates items arrive a record or two at a time: waking a lingering worker
-        # for each, only for it to find too little and wait again, cost more than the calls.
+        # for each, only for it to find too little and wait again, is a thread switch apiece.
         awaits = slot.awaits
         if awaits is _Awaits.WORK or (awaits is _Awaits.ENOUGH and not self._lingers(slot)):
             slot.wakeup.notify()
