@@ -149,12 +149,7 @@ class Sidecar:
             tally=self.summary,
             cancel=self._cancel,
             dead_letters=dlq,
-            timing=Timing(
-                consume_batch=s.kafka.consume_batch_size,
-                grace=s.shutdown.grace_period,
-                # Gathering while records are in flight is the pool's linger, done by the poll.
-                gather=s.pool.linger,
-            ),
+            timing=self._timing(),
         )
         self._processor = processor
         self._gauges = GaugeSampler(processor, pool, self.metrics)
@@ -202,6 +197,15 @@ class Sidecar:
             router=router,
             metrics=self.metrics,
             tally=self.summary,
+        )
+
+    def _timing(self) -> Timing:
+        s = self.settings
+        return Timing(
+            consume_batch=s.kafka.consume_batch_size,
+            grace=s.shutdown.grace_period,
+            # Gathering while records are in flight is the pool's linger, done by the poll.
+            gather=s.pool.linger,
         )
 
     def _pool(self, client: HavilahClient, outcomes: Outcomes) -> WorkerPool[Chunk]:

@@ -183,6 +183,8 @@ class Limits:
     idle_poll: float = 0.0
     #: seconds between the committer's timed commits
     commit_interval: float = 1.0
+    #: how long a poll gathers a trickle while records are in flight (the pool's linger)
+    gather: float = 0.005
 
 
 class Sidecar:
@@ -262,6 +264,7 @@ class Sidecar:
                 idle_poll=limits.idle_poll,
                 pause_after=limits.pause_after,
                 grace=5.0,
+                gather=limits.gather,
             ),
             clock=clock,
         )

@@ -1,4 +1,5 @@
-"""Where the pool is built: `TAGGING_POOL__SCALING` picks the adaptive limit or the seed's rule."""
+"""Where the pool is built: `TAGGING_POOL__SCALING` picks the adaptive limit or the seed's rule,
+and `TAGGING_POOL__LINGER` is also how long the poll loop gathers."""
 
 from __future__ import annotations
 
@@ -33,3 +34,12 @@ def test_seed_scaling_keeps_the_backlog_rule(monkeypatch: pytest.MonkeyPatch) ->
     pool = sidecar._pool(cast(HavilahClient, object()), Outcomes())
     assert pool.limit == 8
     assert pool.stats().wanted_workers == 1  # the seed's rule at an empty backlog
+
+
+@pytest.mark.parametrize(("linger", "gather"), [(None, 0.005), ("0", 0.0), ("0.002", 0.002)])
+def test_the_poll_loop_gathers_for_the_pool_linger(
+    monkeypatch: pytest.MonkeyPatch, linger: str | None, gather: float
+) -> None:
+    # TAGGING_POOL__LINGER=0 ("send at once") must not leave the poll loop gathering.
+    sidecar = build(monkeypatch, **({} if linger is None else {"LINGER": linger}))
+    assert sidecar._timing().gather == gather

@@ -21,11 +21,11 @@ IDLE_POLL = 0.5  #: the processor's idle poll
 INTERVAL = 60.0  #: the committer's interval: no timed commit happens in these tests
 
 
-def _world() -> tuple[FakeBroker, Sidecar, list[float]]:
+def _world(gather: float = Timing().gather) -> tuple[FakeBroker, Sidecar, list[float]]:
     """A joined sidecar and the list of the timeouts its ``consume()`` calls blocked for."""
     broker = FakeBroker()
     broker.create("t", 1)
-    limits = Limits(max_records=1000, consume_batch=100, max_uncommitted=0)
+    limits = Limits(max_records=1000, consume_batch=100, max_uncommitted=0, gather=gather)
     limits.idle_poll, limits.commit_interval = IDLE_POLL, INTERVAL
     limits.pool_capacity = 10_000
     sidecar = Sidecar(broker, FakeServer(atomic=True), FakeClock(), limits)
@@ -97,8 +97,9 @@ def test_a_steady_trickle_commits_on_the_cadence_not_at_every_pause_between_reco
     assert _commits(sidecar) <= forwarded // 7
 
 
-def test_records_trickling_in_while_others_are_in_flight_are_gathered_into_one_read() -> None:
-    broker, sidecar, waits = _world()
+def _trickle(gather: float) -> tuple[Sidecar, list[float]]:
+    """A sidecar with one record in flight that polls once while three more arrive."""
+    broker, sidecar, waits = _world(gather)
     _produce(broker, 1)
     sidecar.processor.step()  # read and handed on; the pool runs nothing until told
     assert sidecar.inflight.records == 1
@@ -111,9 +112,21 @@ def test_records_trickling_in_while_others_are_in_flight_are_gathered_into_one_r
 
     sidecar.consumer.on_wait = three_arrive
     sidecar.processor.step()
+    return sidecar, waits
+
+
+def test_records_trickling_in_while_others_are_in_flight_are_gathered_into_one_read() -> None:
+    sidecar, waits = _trickle(Timing().gather)
     # One read took all three: the poll waited for more rather than returning at the first,
     # so the loop woke once for them instead of once per record.
     assert [len(chunk) for _, chunk in sidecar.pool.queued] == [1, 3]
     assert waits[-1] == Timing().gather > 0
     # They count as waiting since the poll began, so the pool does not hold them a linger more.
     assert sidecar.pool.waited[-1] == pytest.approx(waits[-1])
+
+
+def test_without_a_linger_a_poll_returns_at_the_first_record_and_hands_it_on_at_once() -> None:
+    # TAGGING_POOL__LINGER=0 means "send at once": the poll gathers nothing either.
+    sidecar, _ = _trickle(0.0)
+    assert [len(chunk) for _, chunk in sidecar.pool.queued] == [1, 1]
+    assert sidecar.pool.waited[-1] < Timing().busy_poll
