@@ -184,9 +184,11 @@ class StreamProcessor:
                 self._held
             )
             messages = self._held + (self.consumer.consume(wanted, 0) if wanted > 0 else [])
-            # A chunk is timed from its oldest record: one held aside counts from its consume().
-            consumed = self._held_since if self._held else self._clock()
-            if not messages:
+            if messages:
+                # A chunk is timed from its oldest record: one held aside counts from its
+                # consume().
+                consumed = self._held_since if self._held else self._clock()
+            else:
                 messages, consumed = self._wait_for_records(wanted)
             self._held = []
             self._ingest_all(messages, consumed)
@@ -213,9 +215,9 @@ class StreamProcessor:
         """
         timing = self._timing
         if self.inflight.records or self.committer.in_flight:
-            began = self._clock()
             gather = min(timing.gather, timing.busy_poll)
             if gather > 0 and wanted > 1:
+                began = self._clock()
                 return self.consumer.consume(min(wanted, timing.gather_records), gather), began
             return self.consumer.consume(1, timing.busy_poll), self._clock()
         if not self.committer.settled_since_commit:
