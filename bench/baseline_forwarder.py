@@ -1,7 +1,8 @@
 """The baseline: a plain single-threaded forwarder, measured the same way as the sidecar.
 
-One thread: ``consume()`` what is ready, one ``StreamMetricBatch`` call with those records, an
-asynchronous commit once the server acknowledged them all. No pool, no retries, no dead letters.
+One thread: ``consume()`` what is ready (blocking only until the first record when none is), one
+``StreamMetricBatch`` call with those records, an asynchronous commit once the server acknowledged
+them all. No pool, no retries, no dead letters.
 Prints ``{"first_fetch": <unix time>}`` when records first arrive and, after SIGTERM, a JSON line
 with the polls made and the records per poll (what was in flight at once).
 """
@@ -43,7 +44,13 @@ def main() -> int:
     )
     polls = records = largest = 0
     while not stop:
-        messages = [m for m in consumer.consume(args.batch, 0.1) if m.error() is None]
+        # librdkafka's consume(n, timeout) waits until n records or the timeout: wait for one
+        # record only, then take whatever else is ready, so no record waits for company.
+        first = consumer.consume(1, 0.1)
+        if not first:
+            continue
+        ready = first + consumer.consume(args.batch - 1, 0)
+        messages = [m for m in ready if m.error() is None]
         if not messages:
             continue
         if not records:
