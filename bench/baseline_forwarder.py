@@ -31,6 +31,12 @@ def main() -> int:
     for flag in ("--bootstrap", "--topic", "--group", "--target"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--batch", type=int, default=2000, help="records per consume()")
+    parser.add_argument(
+        "--fill",
+        type=float,
+        default=0.0,
+        help="seconds a poll waits for --batch records (0: it takes what is ready once one is)",
+    )
     args = parser.parse_args()
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
@@ -44,12 +50,14 @@ def main() -> int:
     )
     polls = records = largest = 0
     while not stop:
-        # librdkafka's consume(n, timeout) waits until n records or the timeout: wait for one
-        # record only, then take whatever else is ready, so no record waits for company.
-        first = consumer.consume(1, 0.1)
-        if not first:
-            continue
-        ready = first + consumer.consume(args.batch - 1, 0)
+        if args.fill > 0:
+            ready = consumer.consume(args.batch, args.fill)
+        else:
+            # librdkafka's consume(n, timeout) waits until n records or the timeout: wait for
+            # one record only, then take whatever else is ready, so no record waits for company.
+            ready = consumer.consume(1, 0.1)
+            if ready:
+                ready += consumer.consume(args.batch - 1, 0)
         messages = [m for m in ready if m.error() is None]
         if not messages:
             continue

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +156,13 @@ class Forwarder:
     """The sidecar or the baseline forwarder as a child process, on one topic and group."""
 
     def __init__(
-        self, setting: Setting, args: argparse.Namespace, topic: str, target: str, log: Path
+        self,
+        setting: Setting,
+        args: argparse.Namespace,
+        topic: str,
+        target: str,
+        log: Path,
+        baseline_args: Sequence[str] = (),
     ) -> None:
         self.setting = setting
         self.group = f"{setting.key}-{time.time_ns()}"
@@ -178,7 +184,7 @@ class Forwarder:
             self._log = log.open("w")
             self.proc = subprocess.Popen(
                 [PYTHON, str(BENCH / "baseline_forwarder.py"), "--bootstrap", args.bootstrap,
-                 "--topic", topic, "--group", self.group, "--target", target],
+                 "--topic", topic, "--group", self.group, "--target", target, *baseline_args],
                 stdout=subprocess.PIPE, stderr=self._log, text=True,
             )  # fmt: skip
             threading.Thread(target=self._read_baseline, daemon=True).start()
@@ -533,7 +539,10 @@ def warm_broker(args: argparse.Namespace, work: Path) -> list[float]:
     acks: list[float] = []
     deadline = time.monotonic() + args.broker_warmup
     with open_sink("0", False, work / "sink-warmup.log") as sink:
-        fwd = Forwarder(baseline, args, topic, sink.target, work / "warmup.log")
+        # Polls that wait to fill keep the forwarder's CPU for the broker it is warming.
+        fwd = Forwarder(
+            baseline, args, topic, sink.target, work / "warmup.log", baseline_args=["--fill", "0.1"]
+        )
         try:
             while time.monotonic() < deadline:
                 sink.reset()
