@@ -28,8 +28,7 @@ from tagging_sidecar.kafka.partitions import TP, PartitionStates
 from tagging_sidecar.kafka.records import Chunk, Message
 from tagging_sidecar.observe.health import HealthState
 from tagging_sidecar.observe.metrics import Metrics
-from tagging_sidecar.pool import PoolStats
-from tagging_sidecar.pool.worker import LINGER_BELOW
+from tagging_sidecar.pool import LINGER_BELOW, PoolStats
 
 _log = structlog.get_logger("tagging_sidecar.processor")
 

@@ -10,8 +10,10 @@ from tagging_sidecar.pool.dispatcher import Dispatcher, EndOfWork, Rejected
 from tagging_sidecar.pool.limit import AdaptiveLimit, CallLimit, LimitChange, LimitTuning
 from tagging_sidecar.pool.policy import ScalingPolicy
 from tagging_sidecar.pool.pool import PoolStats, WorkerPool
+from tagging_sidecar.pool.worker import LINGER_BELOW
 
 __all__ = [
+    "LINGER_BELOW",
     "AdaptiveLimit",
     "CallLimit",
     "Dispatcher",
