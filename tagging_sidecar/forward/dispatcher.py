@@ -29,9 +29,14 @@ class ForwardingDispatcher:
     as delivered (the pool reports it for every chunk).
     """
 
-    def __init__(self, client: HavilahClient, ready_timeout: float) -> None:
+    def __init__(
+        self, client: HavilahClient, ready_timeout: float, once_within: float | None = None
+    ) -> None:
         self._client = client
         self._ready_timeout = ready_timeout
+        #: one attempt per call, with at most this deadline, and a failure raised at once: for
+        #: the pool's caller, whose thread must not wait out a downstream's outage
+        self._once_within = once_within
 
     def before(self) -> None:
         """Wait for the channel, so a worker never streams into a broken connection."""
@@ -43,7 +48,7 @@ class ForwardingDispatcher:
             payloads = batch[0].payloads
         else:
             payloads = [payload for chunk in batch for payload in chunk.payloads]
-        rejected = self._client.deliver(payloads)
+        rejected = self._client.deliver(payloads, self._once_within)
         if not rejected:
             return ()
         # Index -> (chunk, index within it): rare, only for records the server refused.

@@ -97,18 +97,22 @@ class HavilahClient:
                 code="UNAVAILABLE",
             )
 
-    def deliver(self, payloads: Sequence[bytes]) -> list[tuple[int, ForwardError]]:
+    def deliver(
+        self, payloads: Sequence[bytes], once_within: float | None = None
+    ) -> list[tuple[int, ForwardError]]:
         """Deliver ``payloads`` in order; return (index, error) of each record rejected for good.
 
         Retryable failures are retried with exponential backoff and jitter until they succeed,
         ``max_attempts`` is used up, or the client is cancelled (then the last error is raised
-        and nothing of the batch counts as delivered). A permanent rejection of several records
-        is narrowed down by halving, so one bad record does not take its neighbours with it;
+        and nothing of the batch counts as delivered). With ``once_within``, each call gets one
+        attempt and a deadline of at most that many seconds, and the first failure is raised.
+        A permanent rejection of several records is narrowed down by halving, so one bad
+        record does not take its neighbours with it;
         ``ALREADY_EXISTS`` is narrowed down the same way, and counts as delivered only for a
         call of one record, since a stream ends at the first record the server already holds.
         """
         try:
-            self._deliver_with_retries(payloads)
+            self._deliver_with_retries(payloads, once_within)
             return []
         except _SomeAlreadyStored:
             if len(payloads) == 1:
@@ -117,25 +121,28 @@ class HavilahClient:
             if len(payloads) == 1:
                 return [(0, exc)]
         middle = len(payloads) // 2
-        rejected = self.deliver(payloads[:middle])
-        rejected += [(i + middle, e) for i, e in self.deliver(payloads[middle:])]
+        rejected = self.deliver(payloads[:middle], once_within)
+        rejected += [(i + middle, e) for i, e in self.deliver(payloads[middle:], once_within)]
         return rejected
 
-    def _deliver_with_retries(self, payloads: Sequence[bytes]) -> None:
+    def _deliver_with_retries(self, payloads: Sequence[bytes], once_within: float | None) -> None:
         settings = self._settings
+        timeout = settings.timeout if once_within is None else min(settings.timeout, once_within)
         delay = settings.retry_initial_backoff
         attempt = 0
         while True:
             try:
-                self._send(payloads)
+                self._send(payloads, timeout)
                 return
             except RetryableForwardError as exc:
                 # Only the server's answers count against max_attempts: our own deadline or a
                 # local failure says nothing about the records.
                 if exc.code not in _NOT_THE_SERVERS:
                     attempt += 1
-                if self._cancel.is_set() or (
-                    settings.max_attempts and attempt >= settings.max_attempts
+                if (
+                    once_within is not None
+                    or self._cancel.is_set()
+                    or (settings.max_attempts and attempt >= settings.max_attempts)
                 ):
                     raise
                 pause = random.uniform(delay / 2, delay)
@@ -158,15 +165,13 @@ class HavilahClient:
             return list(batch_messages(payloads, self._settings.max_message_bytes - 64))
         return list(payloads)
 
-    def _send(self, payloads: Sequence[bytes]) -> None:
+    def _send(self, payloads: Sequence[bytes], timeout: float) -> None:
         started = time.perf_counter()
         code = "OK"
         try:
             batch = self._batch
             method = BATCH_METHOD if batch else SINGLE_METHOD
-            response = self._transport.stream(
-                method, self._requests(payloads, batch), self._settings.timeout
-            )
+            response = self._transport.stream(method, self._requests(payloads, batch), timeout)
         except grpc.RpcError as exc:
             status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             code = status.name

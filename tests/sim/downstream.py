@@ -57,11 +57,14 @@ class FakeServer:
     local_error: BaseException | None = None
     stored: list[str] = field(default_factory=list)
     calls: int = 0
+    #: the deadline of each call, in order
+    deadlines: list[float] = field(default_factory=list)
     hook: Callable[[], None] | None = None
 
     def stream(self, method: str, messages: list[bytes], timeout: float) -> StreamMetricResponse:
         """Handle one client-streaming call."""
         self.calls += 1
+        self.deadlines.append(timeout)
         if self.hook is not None:
             self.hook()
         if self.local_error is not None:

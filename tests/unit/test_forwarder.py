@@ -116,6 +116,30 @@ def test_server_answers_use_up_max_attempts() -> None:
     assert server.calls == 2
 
 
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
+def test_one_attempt_raises_the_first_retryable_failure(code: grpc.StatusCode) -> None:
+    # The poll loop's calls: it must not wait out an outage; a worker retries the batch.
+    server = FakeServer(fail_next=[code] * 5)
+    with pytest.raises(RetryableForwardError):
+        _client(server).deliver(_payloads(["i0", "i1"]), once_within=0.5)
+    assert server.calls == 1 and server.stored == []
+    assert server.deadlines == [0.5]  # not the configured 10 s: a hang holds it half a second
+
+
+def test_one_attempt_never_extends_the_configured_deadline() -> None:
+    server = FakeServer()
+    assert _client(server).deliver(_payloads(["k0"]), once_within=3600.0) == []
+    assert server.deadlines == [GrpcSettings().timeout]
+
+
+def test_one_attempt_still_isolates_a_rejected_record() -> None:
+    # A permanent rejection is the server's verdict, not an outage: narrowed down as always.
+    server = FakeServer(reject_ids={"j2"})
+    rejected = _client(server).deliver(_payloads([f"j{i}" for i in range(4)]), once_within=5.0)
+    assert [index for index, _ in rejected] == [2]
+    assert set(server.stored) == {"j0", "j1", "j3"}
+
+
 def test_the_dispatcher_names_each_rejected_record_by_its_own_chunk_and_offset() -> None:
     """A batch of several chunks is one list of payloads for the client; each record the
     server refuses comes back as a one-record chunk of its own partition and offset."""
