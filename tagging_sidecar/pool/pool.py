@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -36,7 +36,15 @@ from tagging_sidecar.errors import PoolClosed, PoolFull
 from tagging_sidecar.pool.dispatcher import Dispatcher
 from tagging_sidecar.pool.limit import CallLimit
 from tagging_sidecar.pool.policy import ScalingPolicy
-from tagging_sidecar.pool.worker import Clock, DoneCallback, SlotWorkers, _Entry, _Hold, _Slot
+from tagging_sidecar.pool.worker import (
+    Clock,
+    DoneCallback,
+    SlotWorkers,
+    _Awaits,
+    _Entry,
+    _Hold,
+    _Slot,
+)
 
 R = TypeVar("R")
 
@@ -73,6 +81,10 @@ class WorkerPool(SlotWorkers[R]):
     in flight never exceed its limit, workers follow the limit, a slot holds up to
     ``max(queue_size, max_batch)`` and a worker shares its queue with idle workers when more
     calls are allowed (see :mod:`tagging_sidecar.pool.limit`).
+
+    ``caller``: a dispatcher for :meth:`call_here`, which makes one call on the caller's own
+    thread while the pool is idle and calls are quick (no longer than ``quick_call`` seconds).
+    It should make a single attempt: a batch it fails goes to a worker, which retries it.
     """
 
     def __init__(
@@ -87,6 +99,8 @@ class WorkerPool(SlotWorkers[R]):
         name: str = "pool",
         linger: float = 0.0,
         limiter: CallLimit | None = None,
+        caller: Dispatcher[R] | None = None,
+        quick_call: float = 0.05,
     ) -> None:
         self._policy = policy or ScalingPolicy()
         self._limiter = limiter
@@ -103,6 +117,12 @@ class WorkerPool(SlotWorkers[R]):
         self._backoff = before_backoff
         self._name = name
         self._linger = linger
+        self._caller = caller
+        self._caller_ready = False
+        self._quick_call = quick_call
+        #: whether the last call succeeded within ``quick_call``: only then may the caller's
+        #: thread make one (it must not be held by a slow or failing downstream)
+        self._last_call_quick = False
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._quiet = threading.Condition(self._lock)
@@ -165,6 +185,12 @@ class WorkerPool(SlotWorkers[R]):
         for thread in threads:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
+        if self._caller is not None and self._caller_ready:
+            self._caller_ready = False
+            try:
+                self._caller.after()
+            except Exception as exc:  # noqa: BLE001 - closing errors are logged, not fatal
+                _log.warning("caller's dispatcher cleanup failed", pool=self._name, error=str(exc))
         return leftovers
 
     # -- dispatch --------------------------------------------------------------------------
@@ -201,6 +227,49 @@ class WorkerPool(SlotWorkers[R]):
                 return False
             self._enqueue_locked(slot, item, key, weight, waited)
             return True
+
+    def call_here(self, entries: Sequence[tuple[R, Hashable | None, int]]) -> bool:
+        """Process ``entries`` (item, key, weight) as one batch on the caller's thread, if the
+        pool is idle; return False, having done nothing, if it is not.
+
+        Idle: nothing queued and no call in flight, the limit at one call, a worker ready and
+        the last call quick. One call then keeps up with the work, and handing it to a worker
+        would only add a thread switch to its latency; nothing of any key is in the pool, so
+        order holds. Results go to ``on_done`` before this returns. If the call raises, the
+        batch is queued to a worker instead, which retries it as any other.
+        """
+        caller = self._caller
+        weight = sum(entry[2] for entry in entries)
+        with self._lock:
+            if caller is None or not self._idle_locked(weight):
+                return False
+            prepare = not self._caller_ready
+            self._calls += 1
+            self._in_process += weight
+        items = [entry[0] for entry in entries]
+        started = time.monotonic()
+        try:
+            if prepare:
+                caller.before()  # quick: a worker's own ``before`` succeeded already
+                self._caller_ready = True
+            rejected = caller.process(items)
+        except Exception as exc:  # noqa: BLE001 - the batch goes to a worker, which retries it
+            _log.info(
+                "call on the caller's thread failed; a worker retries it",
+                pool=self._name,
+                error=type(exc).__name__,
+            )
+            with self._lock:
+                self._call_done_locked(weight, time.monotonic() - started, True, False, None)
+                self._requeue_here_locked(entries)
+            return True
+        with self._lock:
+            self._call_done_locked(weight, time.monotonic() - started, False, False, None)
+        try:
+            self._on_done(items, rejected)
+        except Exception:  # noqa: BLE001 - as on a worker: a callback error must not escape
+            _log.exception("on_done callback failed", pool=self._name)
+        return True
 
     def withdraw(self, predicate: Callable[[R], bool]) -> list[R]:
         """Take back every queued item (not yet handed to a dispatcher) that ``predicate``
@@ -285,6 +354,26 @@ class WorkerPool(SlotWorkers[R]):
                 if fresh is not None:
                     return fresh
         return best
+
+    def _idle_locked(self, weight: int) -> bool:
+        """Whether a call of ``weight`` may run on the caller's thread (see ``call_here``)."""
+        if self._closed or self._halted or self._calls or self._backlog:
+            return False
+        if self._limiter is None or self._limiter.limit > 1 or weight > self._max_batch:
+            return False
+        # A worker that is ready (its ``before`` succeeded) and idle waits on an empty queue.
+        ready = any(slot.awaits is _Awaits.WORK for slot in self._slots)
+        return ready and self._last_call_quick
+
+    def _requeue_here_locked(self, entries: Sequence[tuple[R, Hashable | None, int]]) -> None:
+        """Queue a batch the caller's call failed, in order, to one worker (it was idle, and
+        nothing else was queued meanwhile: the caller's thread is the one that dispatches)."""
+        slot = self._route_locked(None, sum(entry[2] for entry in entries)) or self._slots[0]
+        for item, key, weight in entries:
+            self._enqueue_locked(slot, item, key, weight)
+        if not slot.active:
+            self._start_thread_locked(slot)
+            self._scale_ups += 1
 
     def _wanted_locked(self, backlog: int) -> int:
         if self._limiter is None:

@@ -107,6 +107,8 @@ class SlotWorkers(Generic[R]):
     _backoff: tuple[float, float]
     _name: str
     _linger: float
+    _quick_call: float
+    _last_call_quick: bool
     _lock: threading.Lock
     _space: threading.Condition
     _quiet: threading.Condition
@@ -432,29 +434,36 @@ class SlotWorkers(Generic[R]):
             for entry in batch:
                 self._release_locked(entry)
             slot.in_process = 0
-            self._in_process -= weight
             slot.idle_since = self._clock()
-            self._calls -= 1
-            if self._limiter is not None:
-                self._feed_limiter_locked(slot, weight, seconds, failed)
-            self._space.notify_all()
-            if not self._backlog and not self._in_process:
-                self._quiet.notify_all()
+            # Work waited for this call's limit only if some found no room while it ran:
+            # records merely queued behind a call are what the next batch carries.
+            waiting = self._last_refusal >= slot.taken_at
+            self._call_done_locked(weight, seconds, failed, waiting, worker=slot.index)
             return self._take_ready_locked(slot)
 
+    def _call_done_locked(
+        self, weight: int, seconds: float, failed: bool, waiting: bool, worker: int | None
+    ) -> None:
+        """Account a finished call of ``weight`` (a worker's, or the caller's: ``worker`` None)."""
+        self._in_process -= weight
+        self._calls -= 1
+        self._last_call_quick = not failed and seconds <= self._quick_call
+        if self._limiter is not None:
+            self._feed_limiter_locked(weight, seconds, failed, waiting, worker)
+        self._space.notify_all()
+        if not self._backlog and not self._in_process:
+            self._quiet.notify_all()
+
     def _feed_limiter_locked(
-        self, slot: _Slot[R], weight: int, seconds: float, failed: bool
+        self, weight: int, seconds: float, failed: bool, waiting: bool, worker: int | None
     ) -> None:
         assert self._limiter is not None
-        # Work waited for this call's limit only if some found no room while it ran: records
-        # merely queued behind a call are what the next batch carries, and one call keeps up.
-        waiting = self._last_refusal >= slot.taken_at
         change = self._limiter.on_call(weight, seconds, failed, self._calls + 1, waiting)
         if change is not None:
             _log.debug(
                 "call limit changed",
                 pool=self._name,
-                worker=slot.index,
+                worker=worker,
                 old=change.old,
                 new=change.new,
                 reason=change.reason,
