@@ -39,6 +39,10 @@ from tagging_sidecar.pool import AdaptiveLimit, LimitTuning, ScalingPolicy, Work
 
 __all__ = ["FatalError", "RunSummary", "Sidecar"]
 
+#: the deadline of a call the poll loop makes itself (seconds): it makes one only after a call
+#: that took under 50 ms, so a call that lasts this long means the downstream is in trouble
+CALL_ON_POLL_DEADLINE = 1.0
+
 _log = structlog.get_logger("tagging_sidecar.app")
 # librdkafka's own log lines go through stdlib logging, so they share the sidecar's format.
 _librdkafka_log = logging.getLogger("librdkafka")
@@ -212,6 +216,14 @@ class Sidecar:
         s = self.settings
         ready = min(5.0, s.grpc.timeout)
         adaptive = s.pool.scaling is Scaling.ADAPTIVE
+        caller = None
+        if adaptive and s.pool.call_on_poll:
+            # One attempt, of at most a second: the poll loop must not wait out an outage or a
+            # hang (a worker retries the batch), it has rebalances and a shutdown to serve.
+            caller = TimedDispatcher(
+                ForwardingDispatcher(client, ready, once_within=CALL_ON_POLL_DEADLINE),
+                self.metrics,
+            )
         return WorkerPool(
             lambda: TimedDispatcher(ForwardingDispatcher(client, ready), self.metrics),
             outcomes.batch_done,
@@ -223,6 +235,7 @@ class Sidecar:
             name="forward",
             linger=s.pool.linger,
             limiter=AdaptiveLimit(LimitTuning(max_limit=s.pool.max_workers)) if adaptive else None,
+            caller=caller,
         )
 
     def _dead_letters(

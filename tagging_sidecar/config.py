@@ -453,6 +453,13 @@ class PoolSettings(_Section):
         "one call per record. While records are in flight, the poll loop gathers a trickle for "
         "as long (at most 5 ms) and what it gathered has lingered (`0`: send at once)",
     )
+    call_on_poll: bool = Field(
+        default=True,
+        description="under `adaptive` scaling: while the consumer has read everything ready, "
+        "no call is in flight and the last call took under 50 ms, the poll loop makes the "
+        "call itself (one attempt; a failed call goes to a worker) instead of handing the "
+        "records to a worker, saving each record a thread switch. `false`: always a worker",
+    )
     max_inflight_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,

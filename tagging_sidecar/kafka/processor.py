@@ -53,6 +53,7 @@ class Pool(Protocol):
     def offer(
         self, item: Chunk, key: Hashable | None = None, weight: int = 1, waited: float = 0.0
     ) -> bool: ...
+    def call_here(self, entries: Sequence[tuple[Chunk, Hashable | None, int]]) -> bool: ...
     def withdraw(self, predicate: Callable[[Chunk], bool]) -> list[Chunk]: ...
     def stop(self, drain: bool = True, timeout: float | None = None) -> list[Chunk]: ...
     def stats(self) -> PoolStats: ...
@@ -134,6 +135,9 @@ class StreamProcessor:
         self._held: list[Message] = []
         self._held_since = 0.0  #: when consume() returned the first message held aside
         self._full_since: float | None = None
+        #: whether the last read took everything that was ready (the consumer has caught up
+        #: with the log): only then may a call be made on this thread (see ``_flush``)
+        self._caught_up = False
         self.fatal: str | None = None
 
     # -- the loop -------------------------------------------------------------------------
@@ -163,6 +167,7 @@ class StreamProcessor:
                 # consume(). Poll for one message per pass and keep it aside until there is
                 # room (one per pass, for at most ``pause_after`` seconds or ``hold_limit``
                 # messages).
+                self._caught_up = False
                 held = self.consumer.consume(1, 0)
                 if held:
                     if not self._held:
@@ -182,7 +187,9 @@ class StreamProcessor:
             wanted = self.inflight.room(self._timing.consume_batch - self._waiting) - len(
                 self._held
             )
-            messages = self._held + (self.consumer.consume(wanted, 0) if wanted > 0 else [])
+            fresh = self.consumer.consume(wanted, 0) if wanted > 0 else []
+            self._caught_up = len(fresh) < wanted
+            messages = self._held + fresh
             if messages:
                 # A chunk is timed from its oldest record: one held aside counts from its
                 # consume().
@@ -245,6 +252,16 @@ class StreamProcessor:
             self._waiting = 0
             return
         now = self._clock()
+        for _, chunk in pending:
+            chunk.offered = now
+        if self._caught_up and self._pool.call_here(
+            [(chunk, key, len(chunk)) for key, chunk in pending]
+        ):
+            # Everything ready was read and the pool is idle: one call made here keeps up,
+            # and a worker would only add a thread switch to every record's latency.
+            self._pending = deque()
+            self._waiting = 0
+            return
         offer = self._pool.offer
         # A chunk the pool refuses (its unit's worker is busy and its queue full) holds back
         # the later chunks of its ordering unit only: the others go on to idle workers.
@@ -253,7 +270,6 @@ class StreamProcessor:
         waiting = 0
         for key, chunk in pending:
             if key is None or key not in refused:
-                chunk.offered = now  # before the offer: a worker may take the chunk at once
                 if offer(chunk, key, len(chunk), now - chunk.consumed):
                     continue
                 refused.add(key)

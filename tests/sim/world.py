@@ -7,7 +7,7 @@ and pool batches complete only when a test (or a wait) runs them, in any order i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from tagging_sidecar.config import GrpcSettings, InputFormat, Ordering, TombstonePolicy
@@ -58,8 +58,14 @@ class ManualPool:
         dispatcher: TimedDispatcher,
         on_done: Callable[[list[Chunk], list[Rejected[Chunk]]], None],
         capacity: int,
+        caller: TimedDispatcher,
     ) -> None:
         self._dispatcher = dispatcher
+        self._caller = caller
+        #: whether ``call_here`` calls (the real pool: idle, and the last call was quick)
+        self.caller_runs = False
+        #: calls ``call_here`` made
+        self.here_calls = 0
         self._on_done = on_done
         self._capacity = capacity
         self.queued: list[tuple[Hashable | None, Chunk]] = []
@@ -82,6 +88,21 @@ class ManualPool:
         if sum(len(c) for _, c in self.queued) + weight > self._capacity and self.queued:
             return False
         self.queued.append((key, item))
+        return True
+
+    def call_here(self, entries: Sequence[tuple[Chunk, Hashable | None, int]]) -> bool:
+        """As the real pool: while allowed and nothing is queued, one call of every chunk on
+        the caller's thread, one attempt; a batch that fails is queued for a worker."""
+        if not self.caller_runs or self.queued or self.stopped:
+            return False
+        chunks = [chunk for chunk, _, _ in entries]
+        self.here_calls += 1
+        try:
+            rejected = list(self._caller.process(chunks))
+        except SidecarError:
+            self.queued.extend((key, chunk) for chunk, key, _ in entries)
+            return True
+        self._on_done(chunks, rejected)
         return True
 
     def runnable(self) -> list[int]:
@@ -195,6 +216,7 @@ class Sidecar:
     ) -> None:
         self.clock = clock
         self.limits = limits
+        self.server = server
         self.consumer = FakeConsumer(broker)
         self.consumer.on_wait = self.clock.advance
         self.outcomes = SimOutcomes(self.wait)
@@ -209,6 +231,9 @@ class Sidecar:
             TimedDispatcher(ForwardingDispatcher(client, 1.0), self.metrics, clock, wall=clock),
             self.outcomes.batch_done,
             limits.pool_capacity,
+            TimedDispatcher(
+                ForwardingDispatcher(client, 1.0, once_within=1.0), self.metrics, clock, wall=clock
+            ),
         )
         self.dlq = FakeDeadLetters(self.outcomes.dead_letter_done)
         self.partitions = PartitionStates(self.consumer)

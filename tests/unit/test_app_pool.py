@@ -43,3 +43,16 @@ def test_the_poll_loop_gathers_for_the_pool_linger(
     # TAGGING_POOL__LINGER=0 ("send at once") must not leave the poll loop gathering.
     sidecar = build(monkeypatch, **({} if linger is None else {"LINGER": linger}))
     assert sidecar._timing().gather == gather
+
+
+@pytest.mark.parametrize(
+    ("env", "calls_on_poll"),
+    [({}, True), ({"CALL_ON_POLL": "false"}, False), ({"SCALING": "seed"}, False)],
+)
+def test_the_poll_loop_may_call_only_under_adaptive_scaling(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], calls_on_poll: bool
+) -> None:
+    # The seed's rule hands every batch to a worker, as the seed does.
+    sidecar = build(monkeypatch, **env)
+    pool = sidecar._pool(cast(HavilahClient, object()), Outcomes())
+    assert (pool._caller is not None) is calls_on_poll

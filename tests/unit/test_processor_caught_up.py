@@ -130,3 +130,26 @@ def test_without_a_linger_a_poll_returns_at_the_first_record_and_hands_it_on_at_
     sidecar, _ = _trickle(0.0)
     assert [len(chunk) for _, chunk in sidecar.pool.queued] == [1, 1]
     assert sidecar.pool.waited[-1] < Timing().busy_poll
+
+
+def test_once_caught_up_the_poll_loop_makes_the_call_itself() -> None:
+    # Everything ready was read and the pool is idle: the records go out on the poll thread,
+    # in one call, before step() returns; nothing is handed to a worker.
+    broker, sidecar, _ = _world()
+    sidecar.pool.caller_runs = True
+    _produce(broker, 3)
+    sidecar.processor.step()
+    assert sidecar.server.stored == ["r-0", "r-1", "r-2"]
+    assert sidecar.pool.queued == [] and sidecar.pool.here_calls == 1
+
+
+def test_while_behind_the_records_go_to_the_workers() -> None:
+    # consume() returned all it was asked for: more is ready, one call would not keep up,
+    # so the pool's workers (and its limit) take the records.
+    broker, sidecar, _ = _world()
+    sidecar.pool.caller_runs = True
+    _produce(broker, 250)  # more than a consume() batch (100)
+    sidecar.processor.step()
+    assert sidecar.server.stored == []
+    assert sum(len(chunk) for _, chunk in sidecar.pool.queued) == 100
+    assert sidecar.pool.here_calls == 0

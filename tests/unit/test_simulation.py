@@ -52,6 +52,7 @@ class DeliveryMachine(RuleBasedStateMachine):
 
     def _start(self) -> Sidecar:
         sidecar = Sidecar(self.broker, self.server, self.clock, self.limits)
+        sidecar.pool.caller_runs = True  # as the real pool, until a rule says otherwise
         #: where this process's deliveries and dead letters begin, per partition
         self.risk_from = {tp: (len(self.server.stored), 0) for tp in PARTITIONS}
         self.consumers = [*getattr(self, "consumers", []), sidecar.consumer]
@@ -92,6 +93,12 @@ class DeliveryMachine(RuleBasedStateMachine):
         ready = self.sidecar.pool.runnable()
         if ready:
             self.sidecar.pool.run(ready[pick % len(ready)])
+
+    @rule(on=st.booleans())
+    def calls_on_the_poll_thread(self, on: bool) -> None:
+        """The pool is idle and calls are quick (or no longer): the poll loop makes the call
+        itself, one attempt, and a failed call's records go to a worker."""
+        self.sidecar.pool.caller_runs = on
 
     @rule(count=st.integers(1, 5))
     def acknowledge_dead_letters(self, count: int) -> None:

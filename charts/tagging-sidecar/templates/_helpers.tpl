@@ -315,6 +315,8 @@ Environment of the sidecar container: one TAGGING_* variable per setting.
   value: {{ $c.pool.ordering | quote }}
 - name: TAGGING_POOL__LINGER
   value: {{ include "tagging-sidecar.num" $c.pool.linger | quote }}
+- name: TAGGING_POOL__CALL_ON_POLL
+  value: {{ $c.pool.callOnPoll | toString | quote }}
 - name: TAGGING_POOL__MAX_INFLIGHT_BYTES
   value: {{ include "tagging-sidecar.num" $c.pool.maxInflightBytes | quote }}
 - name: TAGGING_POOL__MAX_INFLIGHT_RECORDS
