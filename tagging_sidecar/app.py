@@ -221,7 +221,11 @@ class Sidecar:
             # One attempt, of at most a second: the poll loop must not wait out an outage or a
             # hang (a worker retries the batch), it has rebalances and a shutdown to serve.
             caller = TimedDispatcher(
-                ForwardingDispatcher(client, ready, once_within=CALL_ON_POLL_DEADLINE),
+                ForwardingDispatcher(
+                    client,
+                    min(ready, CALL_ON_POLL_DEADLINE),
+                    once_within=CALL_ON_POLL_DEADLINE,
+                ),
                 self.metrics,
             )
         return WorkerPool(

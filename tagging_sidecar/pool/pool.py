@@ -257,7 +257,7 @@ class WorkerPool(SlotWorkers[R]):
             _log.info(
                 "call on the caller's thread failed; a worker retries it",
                 pool=self._name,
-                error=type(exc).__name__,
+                error=str(exc),
             )
             with self._lock:
                 self._call_done_locked(weight, time.monotonic() - started, True, False, None)

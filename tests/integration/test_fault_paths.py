@@ -703,6 +703,60 @@ def test_deadlines_hit_while_the_server_hangs_are_not_rejections(
         assert sidecar.terminate() == 0
 
 
+def test_a_hang_after_quick_calls_holds_the_poll_loop_for_one_short_deadline(
+    kafka_bootstrap: str,
+    topic_factory: Callable[[int], str],
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    """While the server answers quickly, the caught-up poll loop makes the calls itself. When
+    the server then hangs, that call gives up at its own deadline of at most a second, not
+    ``TAGGING_GRPC__TIMEOUT``: a worker takes its records and retries them with the configured
+    deadline, and once the server is back every record is delivered, none dead-lettered."""
+    topic = topic_factory(2)
+    dlq = topic_factory(1)
+    with HangingServer() as server:
+        server.hanging.clear()
+        env = fault_env(
+            kafka_bootstrap,
+            topic,
+            group_id,
+            server.target,
+            DLQ__TOPIC=dlq,
+            GRPC__TIMEOUT="5",
+            GRPC__MAX_ATTEMPTS="3",
+            GRPC__RETRY_INITIAL_BACKOFF="0.05",
+        )
+        sidecar = SidecarProcess(env, tmp_path / "sidecar.log")
+        first = produce({"bootstrap.servers": kafka_bootstrap}, topic, 200)
+        wanted = set(first)
+        report = progress_report(wanted, server.stored_ids, sidecar)
+        wait_for(lambda: wanted <= set(server.stored_ids()), report, timeout=60)
+        server.hanging.set()
+        second = produce({"bootstrap.servers": kafka_bootstrap}, topic, 200)
+        wanted |= set(second)
+        # The poll loop's call, then a worker's retry of the same records.
+        wait_for(
+            lambda: any(left > 1.5 for left in server.hung_deadlines),
+            lambda: f"deadlines of hung calls: {server.hung_deadlines}; {report()}",
+            timeout=60,
+        )
+        server.hanging.clear()
+        wait_for(
+            all_committed(kafka_bootstrap, group_id, topic, 2),
+            committed_report(kafka_bootstrap, group_id, topic, 2),
+            timeout=90,
+        )
+        # gRPC rounds a deadline up on the wire: the poll loop's second arrives as about 1.01 s.
+        first_hung = server.hung_deadlines[0]
+        assert first_hung < 1.5, f"the first hung call had {first_hung:.2f} s: not the poll loop's"
+        log = sidecar.log_path.read_text()
+        assert "a worker retries it" in log
+        assert wanted <= set(server.stored_ids()), report()
+        assert records_in(kafka_bootstrap, dlq, 1) == 0
+        assert sidecar.terminate() == 0
+
+
 # -- 9. offsets going backwards ---------------------------------------------------------------
 
 

@@ -188,6 +188,8 @@ class HangingServer(HavilahServer):
         self.hanging = threading.Event()
         self.hanging.set()
         self.hung_calls = 0
+        #: the seconds each hung call had left of the client's deadline when it arrived
+        self.hung_deadlines: list[float] = []
 
     def handle(
         self, records: Records, context: grpc.ServicerContext
@@ -196,6 +198,7 @@ class HangingServer(HavilahServer):
         if self.hanging.is_set():
             with self.lock:
                 self.hung_calls += 1
+                self.hung_deadlines.append(context.time_remaining() or 0.0)
             while context.is_active():
                 time.sleep(0.05)
             context.abort(grpc.StatusCode.UNAVAILABLE, "hung on purpose")
