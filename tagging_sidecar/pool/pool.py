@@ -18,6 +18,9 @@ Design (see docs/design/pool.md for the measurements behind it; the worker side 
   ``dispatch`` blocks (or ``offer`` refuses) when the target slot is full.
 * **Idle costs nothing.** Idle workers sleep on a condition variable with a timeout in seconds;
   nothing polls.
+* **No hand-off when one call keeps up.** ``call_here`` makes the call on the caller's thread
+  while the pool is idle under a limit of one and calls are quick; a call that fails there
+  goes to a worker.
 """
 
 from __future__ import annotations
