@@ -742,10 +742,8 @@ def test_a_hang_after_quick_calls_holds_the_poll_loop_for_one_short_deadline(
             timeout=60,
         )
         server.hanging.clear()
-        wait_for(
-            all_committed(kafka_bootstrap, group_id, topic, 2),
-            committed_report(kafka_bootstrap, group_id, topic, 2),
-            timeout=90,
+        report = delivered_and_committed(
+            wanted, server.stored_ids, sidecar, kafka_bootstrap, group_id, topic, 2, timeout=90
         )
         # gRPC rounds a deadline up on the wire: the poll loop's second arrives as about 1.01 s.
         first_hung = server.hung_deadlines[0]
