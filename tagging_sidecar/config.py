@@ -457,7 +457,7 @@ class PoolSettings(_Section):
         default=True,
         description="under `adaptive` scaling: while the consumer has read everything ready, "
         "no call is in flight and the last call took under 50 ms, the poll loop makes the "
-        "call itself (one attempt; a failed call goes to a worker) instead of handing the "
+        "call itself (one attempt; a failed call goes to the workers) instead of handing the "
         "records to a worker, saving each record a thread switch. `false`: always a worker",
     )
     max_inflight_bytes: int = Field(

@@ -9,6 +9,12 @@ commit position can never pass it; what happens next depends on the record:
 * undecodable: rejected (dead-lettered, or its partition stopped);
 * otherwise: handed on in per-ordering-unit chunks, counted in flight.
 
+A read the poll thread will most likely send itself, in one call (see ``StreamProcessor``),
+is kept in one chunk per partition (*whole*), because under ``key`` ordering the records of a
+partition would otherwise spread over as many chunks as there are lanes, a few records each,
+and every chunk costs as much as dozens of records on the way back. Such chunks are split into
+their ordering units (:meth:`Ingest.split`) only if they go to the workers after all.
+
 This runs once per record on the poll thread, the sidecar's busiest: a partition's state is
 looked up once per ``consume()`` result (a *run* of its messages), its offsets are tracked as
 a run, and chunks are filled as records are read.
@@ -35,6 +41,10 @@ from tagging_sidecar.kafka.records import (
 )
 from tagging_sidecar.kafka.watermark import PartitionWatermark
 from tagging_sidecar.observe.metrics import Metrics
+
+#: the ordering unit of a whole chunk (a partition's records of every lane, see the module's
+#: docstring): it must be split before it goes to the workers
+WHOLE: Hashable = "whole partition, to be split into its ordering units"
 
 
 @dataclass(slots=True)
@@ -78,17 +88,19 @@ class Ingest:
         self._tally = tally
 
     def __call__(
-        self, messages: Sequence[Message], consumed_at: float = 0.0
+        self, messages: Sequence[Message], consumed_at: float = 0.0, whole: bool = False
     ) -> list[tuple[Hashable, Chunk]]:
         """Track, decode and chunk ``messages`` (errors among them are not records);
         ``consumed_at`` is when ``consume()`` returned them (a reading of the processor's
-        clock)."""
+        clock). With ``whole``, under ``key`` ordering, each partition's records stay in one
+        chunk whose unit is :data:`WHOLE` (see the module's docstring)."""
         chunks: list[tuple[Hashable, Chunk]] = []
         runs: dict[tuple[str | None, int | None], _Run] = {}
         #: records read and settled at once (tombstones, undecodable, delivered before)
         settled = 0
         decode = self._decode
-        lanes = self._lanes if self._ordering is Ordering.KEY else 0
+        split = self._ordering is Ordering.KEY
+        lanes = self._lanes if split and not whole else 0
         # The state of the partition being read is kept in locals while its messages follow
         # each other (consume() returns them in runs): this loop runs once per record.
         run: _Run | None = None
@@ -162,11 +174,33 @@ class Ingest:
             chunk.size += len(payload)
         for left in runs.values():
             self._close(left, chunks)
+        if split and whole:
+            chunks = [(WHOLE, chunk) for _, chunk in chunks]
         decoded = sum(len(chunk) for _, chunk in chunks)
         self._tally.consumed += decoded + settled
         self._metrics.records_consumed.inc(decoded + settled)
         self._router.guard.decoded(ok=decoded)
         return chunks
+
+    def split(self, chunk: Chunk) -> list[tuple[Hashable, Chunk]]:
+        """A whole chunk's records in chunks of their ordering units, each in offset order."""
+        lanes = self._lanes
+        tp = chunk.tp
+        by_lane: dict[int, Chunk] = {}
+        for offset, payload, message in zip(
+            chunk.offsets, chunk.payloads, chunk.messages, strict=True
+        ):
+            key = message.key()
+            lane = hash(key) % lanes if key is not None else PARTITION_LANE
+            part = by_lane.get(lane)
+            if part is None:
+                part = by_lane[lane] = Chunk(tp, chunk.watermark, chunk.consumed)
+                part.offered = chunk.offered
+            part.offsets.append(offset)
+            part.payloads.append(payload)
+            part.messages.append(message)
+            part.size += len(payload)
+        return [(ordering_unit(tp, lane, self._ordering), part) for lane, part in by_lane.items()]
 
     def _open(self, where: tuple[str | None, int | None]) -> _Run:
         topic, partition = where

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from tagging_sidecar.errors import FatalError
 from tagging_sidecar.kafka.commit import Committer, Committing
 from tagging_sidecar.kafka.inflight import InFlight
-from tagging_sidecar.kafka.ingest import Ingest
+from tagging_sidecar.kafka.ingest import WHOLE, Ingest
 from tagging_sidecar.kafka.offsetmap import decode_done
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Outcomes, Tally
 from tagging_sidecar.kafka.partitions import TP, PartitionStates
@@ -53,7 +53,7 @@ class Pool(Protocol):
     def offer(
         self, item: Chunk, key: Hashable | None = None, weight: int = 1, waited: float = 0.0
     ) -> bool: ...
-    def call_here(self, entries: Sequence[tuple[Chunk, Hashable | None, int]]) -> bool: ...
+    def call_here(self, items: Sequence[Chunk], weight: int) -> bool: ...
     def withdraw(self, predicate: Callable[[Chunk], bool]) -> list[Chunk]: ...
     def stop(self, drain: bool = True, timeout: float | None = None) -> list[Chunk]: ...
     def stats(self) -> PoolStats: ...
@@ -136,7 +136,8 @@ class StreamProcessor:
         self._held_since = 0.0  #: when consume() returned the first message held aside
         self._full_since: float | None = None
         #: whether the last read took everything that was ready (the consumer has caught up
-        #: with the log): only then may a call be made on this thread (see ``_flush``)
+        #: with the log): only then may a call be made on this thread (see ``_flush``), and
+        #: its records are kept in whole chunks (see :mod:`tagging_sidecar.kafka.ingest`)
         self._caught_up = False
         self.fatal: str | None = None
 
@@ -243,7 +244,7 @@ class StreamProcessor:
                 good.append(message)
             else:
                 self.on_error(error)  # type: ignore[arg-type]
-        self._pending.extend(self._ingest(good, consumed))
+        self._pending.extend(self._ingest(good, consumed, whole=self._caught_up))
         self._flush()
 
     def _flush(self) -> None:
@@ -255,7 +256,7 @@ class StreamProcessor:
         for _, chunk in pending:
             chunk.offered = now
         if self._caught_up and self._pool.call_here(
-            [(chunk, key, len(chunk)) for key, chunk in pending]
+            [chunk for _, chunk in pending], sum(len(chunk) for _, chunk in pending)
         ):
             # Everything ready was read and the pool is idle: one call made here keeps up,
             # and a worker would only add a thread switch to every record's latency.
@@ -268,7 +269,7 @@ class StreamProcessor:
         refused: set[Hashable] = set()
         kept: deque[tuple[Hashable, Chunk]] = deque()
         waiting = 0
-        for key, chunk in pending:
+        for key, chunk in self._units(pending):
             if key is None or key not in refused:
                 if offer(chunk, key, len(chunk), now - chunk.consumed):
                     continue
@@ -277,6 +278,14 @@ class StreamProcessor:
             waiting += len(chunk)
         self._pending = kept
         self._waiting = waiting
+
+    def _units(self, pending: deque[tuple[Hashable, Chunk]]) -> Iterator[tuple[Hashable, Chunk]]:
+        """``pending`` in ordering units: whole chunks split, on their way to the workers."""
+        for key, chunk in pending:
+            if key is WHOLE:
+                yield from self._ingest.split(chunk)
+            else:
+                yield key, chunk
 
     def _apply(self, outcomes: list[Any]) -> None:
         if not outcomes:

@@ -20,7 +20,7 @@ Design (see docs/design/pool.md for the measurements behind it; the worker side 
   nothing polls.
 * **No hand-off when one call keeps up.** ``call_here`` makes the call on the caller's thread
   while the pool is idle under a limit of one and calls are quick; a call that fails there
-  goes to a worker.
+  is handed back to the caller, whose later offers go to the workers.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class WorkerPool(SlotWorkers[R]):
 
     ``caller``: a dispatcher for :meth:`call_here`, which makes one call on the caller's own
     thread while the pool is idle and calls are quick (no longer than ``quick_call`` seconds).
-    It should make a single attempt: a batch it fails goes to a worker, which retries it.
+    It should make a single attempt: a batch it fails is handed back to the caller, to be
+    offered to the workers, which retry it.
     """
 
     def __init__(
@@ -231,41 +232,40 @@ class WorkerPool(SlotWorkers[R]):
             self._enqueue_locked(slot, item, key, weight, waited)
             return True
 
-    def call_here(self, entries: Sequence[tuple[R, Hashable | None, int]]) -> bool:
-        """Process ``entries`` (item, key, weight) as one batch on the caller's thread, if the
-        pool is idle; return False, having done nothing, if it is not.
+    def call_here(self, items: Sequence[R], weight: int) -> bool:
+        """Process ``items`` (of ``weight`` units in all) as one batch on the caller's thread,
+        if the pool is idle; return whether they were processed.
 
         Idle: nothing queued and no call in flight, the limit at one call, a worker ready and
         the last call quick. One call then keeps up with the work, and handing it to a worker
         would only add a thread switch to its latency; nothing of any key is in the pool, so
-        order holds. Results go to ``on_done`` before this returns. If the call raises, the
-        batch is queued to a worker instead, which retries it as any other.
+        order holds. Results go to ``on_done`` before this returns True. False means nothing
+        counts as done: the pool was not idle (nothing was tried), or the call raised (it
+        counts as a failed call, so calls stay with the workers until one is quick again). The
+        caller then offers the items, in their order, which a worker retries like any others.
         """
         caller = self._caller
-        weight = sum(entry[2] for entry in entries)
         with self._lock:
             if caller is None or not self._idle_locked(weight):
                 return False
             prepare = not self._caller_ready
             self._calls += 1
             self._in_process += weight
-        items = [entry[0] for entry in entries]
         started = time.monotonic()
         try:
             if prepare:
                 caller.before()  # quick: a worker's own ``before`` succeeded already
                 self._caller_ready = True
             rejected = caller.process(items)
-        except Exception as exc:  # noqa: BLE001 - the batch goes to a worker, which retries it
+        except Exception as exc:  # noqa: BLE001 - the caller offers the batch to the workers
             _log.info(
-                "call on the caller's thread failed; a worker retries it",
+                "call on the caller's thread failed; the workers retry it",
                 pool=self._name,
                 error=str(exc),
             )
             with self._lock:
                 self._call_done_locked(weight, time.monotonic() - started, True, False, None)
-                self._requeue_here_locked(entries)
-            return True
+            return False
         with self._lock:
             self._call_done_locked(weight, time.monotonic() - started, False, False, None)
         try:
@@ -367,16 +367,6 @@ class WorkerPool(SlotWorkers[R]):
         # A worker that is ready (its ``before`` succeeded) and idle waits on an empty queue.
         ready = any(slot.awaits is _Awaits.WORK for slot in self._slots)
         return ready and self._last_call_quick
-
-    def _requeue_here_locked(self, entries: Sequence[tuple[R, Hashable | None, int]]) -> None:
-        """Queue a batch the caller's call failed, in order, to one worker (it was idle, and
-        nothing else was queued meanwhile: the caller's thread is the one that dispatches)."""
-        slot = self._route_locked(None, sum(entry[2] for entry in entries)) or self._slots[0]
-        for item, key, weight in entries:
-            self._enqueue_locked(slot, item, key, weight)
-        if not slot.active:
-            self._start_thread_locked(slot)
-            self._scale_ups += 1
 
     def _wanted_locked(self, backlog: int) -> int:
         if self._limiter is None:

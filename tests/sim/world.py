@@ -66,6 +66,8 @@ class ManualPool:
         self.caller_runs = False
         #: calls ``call_here`` made
         self.here_calls = 0
+        #: the chunks of each call ``call_here`` made
+        self.here_chunks: list[list[Chunk]] = []
         self._on_done = on_done
         self._capacity = capacity
         self.queued: list[tuple[Hashable | None, Chunk]] = []
@@ -90,19 +92,19 @@ class ManualPool:
         self.queued.append((key, item))
         return True
 
-    def call_here(self, entries: Sequence[tuple[Chunk, Hashable | None, int]]) -> bool:
+    def call_here(self, items: Sequence[Chunk], weight: int) -> bool:
         """As the real pool: while allowed and nothing is queued, one call of every chunk on
-        the caller's thread, one attempt; a batch that fails is queued for a worker."""
+        the caller's thread, one attempt; a batch that fails is handed back (False), and the
+        caller offers it to the workers."""
         if not self.caller_runs or self.queued or self.stopped:
             return False
-        chunks = [chunk for chunk, _, _ in entries]
         self.here_calls += 1
+        self.here_chunks.append(list(items))
         try:
-            rejected = list(self._caller.process(chunks))
+            rejected = list(self._caller.process(list(items)))
         except SidecarError:
-            self.queued.extend((key, chunk) for chunk, key, _ in entries)
-            return True
-        self._on_done(chunks, rejected)
+            return False
+        self._on_done(list(items), rejected)
         return True
 
     def runnable(self) -> list[int]:

@@ -1,5 +1,5 @@
 """Calls on the caller's thread: only while the pool is idle and calls are quick, one attempt,
-and a failed call's batch handed to a worker in order."""
+and a failed call's batch handed back to the caller, for the workers."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_an_idle_pool_makes_the_call_on_the_callers_thread() -> None:
     limit = SetLimit()
     pool, recorder, caller, done = make(limit)
     warm(pool, done)
-    assert pool.call_here([("a", "k", 1), ("b", None, 2)])
+    assert pool.call_here(["a", "b"], 3)
     here = threading.get_ident()
     assert caller.batches == [["a", "b"]] and caller.threads == [here]
     # Reported before call_here returned, on this thread, and fed to the limit as one call.
@@ -121,7 +121,7 @@ def test_what_the_caller_rejects_is_reported_as_rejected() -> None:
     pool, _, caller, done = make()
     warm(pool, done)
     caller.reject = {"bad"}
-    assert pool.call_here([("good", None, 1), ("bad", None, 1)])
+    assert pool.call_here(["good", "bad"], 2)
     assert done.rejected == ["bad"] and done.items[-2:] == ["good", "bad"]
     pool.stop()
 
@@ -129,7 +129,7 @@ def test_what_the_caller_rejects_is_reported_as_rejected() -> None:
 def test_no_call_here_before_a_worker_has_made_a_quick_call() -> None:
     # Nothing proves yet that the downstream answers, or answers quickly.
     pool, _, caller, done = make()
-    assert not pool.call_here([("a", None, 1)])
+    assert not pool.call_here(["a"], 1)
     assert caller.batches == [] and caller.before_calls == 0 and done.items == []
     pool.stop()
 
@@ -138,7 +138,7 @@ def test_no_call_here_after_a_slow_call() -> None:
     # A call slower than quick_call: the next may hold the caller's thread as long.
     pool, _, caller, done = make(quick_call=0.0)
     warm(pool, done)
-    assert not pool.call_here([("a", None, 1)])
+    assert not pool.call_here(["a"], 1)
     assert caller.batches == []
     pool.stop()
 
@@ -149,9 +149,9 @@ def test_no_call_here_while_a_call_is_in_flight_or_records_wait() -> None:
     recorder.gate.clear()
     pool.dispatch("slow")
     wait_until(lambda: pool.stats().calls_in_flight == 1)
-    assert not pool.call_here([("a", None, 1)])
+    assert not pool.call_here(["a"], 1)
     pool.dispatch("queued")  # waits behind the call: a backlog
-    assert not pool.call_here([("b", None, 1)])
+    assert not pool.call_here(["b"], 1)
     recorder.gate.set()
     wait_until(lambda: done.items[-2:] == ["slow", "queued"])
     assert caller.batches == []
@@ -168,7 +168,7 @@ def test_no_call_here_when_a_worker_must_make_it(case: str) -> None:
         limit.limit = 2  # the downstream takes calls in parallel: the workers make them
     elif case == "batch above max_batch":
         weight = 11
-    assert not pool.call_here([("a", None, weight)])
+    assert not pool.call_here(["a"], weight)
     assert caller.batches == []
     pool.stop()
 
@@ -179,32 +179,33 @@ def test_no_call_here_without_a_ready_worker_or_once_stopped() -> None:
     pool.stop()
     with pytest.raises(PoolClosed):
         pool.dispatch("late")
-    assert not pool.call_here([("a", None, 1)])
+    assert not pool.call_here(["a"], 1)
     # No worker kept when idle: none ready, so none whose readiness vouches for the channel.
     pool, recorder, caller, done = make(min_workers=0)
-    assert not pool.call_here([("a", None, 1)])
+    assert not pool.call_here(["a"], 1)
     assert caller.batches == [] and recorder.delivered == []
     pool.stop()
 
 
-def test_a_failed_call_here_goes_to_a_worker_in_order_and_ends_calls_here() -> None:
+def test_a_failed_call_here_hands_the_batch_back_and_ends_calls_here() -> None:
     limit = SetLimit()
     pool, recorder, caller, done = make(limit)
     warm(pool, done)
-    recorder.gate.clear()  # the worker holds the batch until the test has dispatched more
     caller.fail = ConnectionError("stream reset")
-    entries = [("a1", "a", 1), ("b1", "b", 1), ("a2", "a", 1)]
-    assert pool.call_here(entries)  # taken: the pool owns the batch now
-    assert limit.fed[-1] == (3, 1, True)
-    assert "a1" not in done.items  # nothing reported as done by the failed call
-    pool.dispatch("a3", key="a")  # after the failed batch, in the key's order
+    assert not pool.call_here(["a1", "b1", "a2"], 3)  # not processed: the caller still owns it
+    assert limit.fed[-1] == (3, 1, True)  # a failed call, for the limit
+    assert done.items == ["warm-up"] and done.rejected == []  # nothing reported as done
+    stats = pool.stats()
+    assert (stats.backlog, stats.in_process, stats.calls_in_flight) == (0, 0, 0)
+    assert recorder.delivered == ["warm-up"]  # nothing queued behind the caller's back
     caller.fail = None
-    assert not pool.call_here([("c1", "c", 1)])  # the last call failed: workers only
-    recorder.gate.set()
-    wait_until(lambda: "a3" in done.items)
-    assert [item for item in recorder.delivered if item.startswith("a")] == ["a1", "a2", "a3"]
-    assert "b1" in recorder.delivered and done.rejected == []
+    assert not pool.call_here(["c1"], 1)  # the last call failed: workers only
     assert len(caller.threads) == 1 and caller.batches == []
+    # The caller hands the batch on, in order; a worker delivers it.
+    for item in ("a1", "b1", "a2"):
+        assert pool.offer(item, key=item[0])
+    wait_until(lambda: "a2" in done.items)
+    assert recorder.delivered[1:] == ["a1", "b1", "a2"]
     pool.stop()
 
 
@@ -212,9 +213,10 @@ def test_call_here_again_once_a_worker_call_was_quick() -> None:
     pool, _, caller, done = make()
     warm(pool, done)
     caller.fail = ConnectionError("stream reset")
-    assert pool.call_here([("a", None, 1)])
+    assert not pool.call_here(["a"], 1)
+    assert pool.offer("a")
     wait_until(lambda: "a" in done.items)  # retried by a worker, quickly
     caller.fail = None
-    assert pool.call_here([("b", None, 1)])
+    assert pool.call_here(["b"], 1)
     assert caller.batches == [["b"]] and caller.before_calls == 1
     pool.stop()

@@ -8,8 +8,10 @@ committer, and a pool whose chunks the test runs.
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
+from tagging_sidecar.kafka.ingest import WHOLE
 from tagging_sidecar.kafka.processor import Timing
 
 from ..sim.downstream import FakeServer
@@ -24,7 +26,7 @@ INTERVAL = 60.0  #: the committer's interval: no timed commit happens in these t
 def _world(gather: float = Timing().gather) -> tuple[FakeBroker, Sidecar, list[float]]:
     """A joined sidecar and the list of the timeouts its ``consume()`` calls blocked for."""
     broker = FakeBroker()
-    broker.create("t", 1)
+    broker.create("t", 2)
     limits = Limits(max_records=1000, consume_batch=100, max_uncommitted=0, gather=gather)
     limits.idle_poll, limits.commit_interval = IDLE_POLL, INTERVAL
     limits.pool_capacity = 10_000
@@ -44,6 +46,11 @@ def _world(gather: float = Timing().gather) -> tuple[FakeBroker, Sidecar, list[f
 def _produce(broker: FakeBroker, count: int) -> None:
     for _ in range(count):
         broker.append(P0, None, record_value(f"r-{len(broker.logs[P0])}", "ok"))
+
+
+def _produce_keyed(broker: FakeBroker, tp: TP, keys: list[bytes | None]) -> None:
+    for key in keys:
+        broker.append(tp, key, record_value(f"{tp[1]}-{len(broker.logs[tp])}", "ok"))
 
 
 def _forward_all(sidecar: Sidecar) -> None:
@@ -153,3 +160,72 @@ def test_while_behind_the_records_go_to_the_workers() -> None:
     assert sidecar.server.stored == []
     assert sum(len(chunk) for _, chunk in sidecar.pool.queued) == 100
     assert sidecar.pool.here_calls == 0
+
+
+KEYS: list[bytes | None] = [b"a", b"b", None, b"c", b"a", b"d", None, b"b", b"e", b"a"]
+
+
+def _per_key(stored: list[str], broker: FakeBroker) -> dict[tuple[int, bytes | None], list[str]]:
+    """The stored ids grouped by (partition, key), in the order the server stored them."""
+    key_of = {
+        f"{tp[1]}-{offset}": message.key()
+        for tp, log in broker.logs.items()
+        for offset, message in enumerate(log)
+    }
+    grouped: dict[tuple[int, bytes | None], list[str]] = {}
+    for record_id in stored:
+        grouped.setdefault((int(record_id.split("-")[0]), key_of[record_id]), []).append(record_id)
+    return grouped
+
+
+def test_a_call_on_the_poll_thread_carries_one_chunk_per_partition_whatever_the_keys() -> None:
+    broker, sidecar, _ = _world()
+    sidecar.pool.caller_runs = True
+    _produce_keyed(broker, ("t", 0), KEYS)
+    _produce_keyed(broker, ("t", 1), KEYS[:4])
+    sidecar.processor.step()
+    assert sidecar.pool.here_calls == 1 and sidecar.pool.queued == []
+    [chunks] = sidecar.pool.here_chunks
+    assert sorted((chunk.partition, chunk.offsets) for chunk in chunks) == [
+        (0, list(range(10))),
+        (1, list(range(4))),
+    ]
+    assert sorted(sidecar.server.stored) == sorted(
+        [f"0-{i}" for i in range(10)] + [f"1-{i}" for i in range(4)]
+    )
+
+
+def test_a_read_the_poll_thread_cannot_send_goes_to_the_workers_in_its_ordering_units() -> None:
+    # Caught up, but the pool is busy or the last call was slow: the whole chunk is split
+    # into the key lanes the workers need, each in offset order, none left whole.
+    broker, sidecar, _ = _world()
+    _produce_keyed(broker, ("t", 0), KEYS)
+    sidecar.processor.step()
+    assert sidecar.pool.here_calls == 0
+    units = [unit for unit, _ in sidecar.pool.queued]
+    assert WHOLE not in units and len(units) == len(set(units)) > 1
+    for unit, chunk in sidecar.pool.queued:
+        assert chunk.offsets == sorted(chunk.offsets)
+        keys = {message.key() for message in chunk.messages}
+        assert (unit == ("t", 0)) == (keys == {None})  # keyless records keep the partition
+    assert sorted(o for _, chunk in sidecar.pool.queued for o in chunk.offsets) == list(range(10))
+    _forward_all(sidecar)
+    grouped = _per_key(sidecar.server.stored, broker)
+    assert all(ids == sorted(ids, key=lambda i: int(i.split("-")[1])) for ids in grouped.values())
+
+
+def test_a_failed_call_on_the_poll_thread_goes_to_the_workers_split_and_in_order() -> None:
+    broker, sidecar, _ = _world()
+    sidecar.pool.caller_runs = True
+    sidecar.server.fail_next.append(grpc.StatusCode.UNAVAILABLE)
+    _produce_keyed(broker, ("t", 0), KEYS)
+    sidecar.processor.step()
+    assert sidecar.pool.here_calls == 1 and sidecar.server.stored == []
+    assert WHOLE not in {unit for unit, _ in sidecar.pool.queued}
+    assert sum(len(chunk) for _, chunk in sidecar.pool.queued) == 10  # none lost, none done
+    _forward_all(sidecar)
+    sidecar.processor.step()
+    assert sorted(sidecar.server.stored) == sorted(f"0-{i}" for i in range(10))
+    grouped = _per_key(sidecar.server.stored, broker)
+    assert all(ids == sorted(ids, key=lambda i: int(i.split("-")[1])) for ids in grouped.values())
+    assert sidecar.tally.forwarded == 10

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tagging_sidecar.config import InputFormat, Ordering, TombstonePolicy
 from tagging_sidecar.decode import decoder_for
 from tagging_sidecar.kafka.inflight import InFlight
-from tagging_sidecar.kafka.ingest import Ingest
+from tagging_sidecar.kafka.ingest import WHOLE, Ingest
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Tally
 from tagging_sidecar.kafka.partitions import PartitionStates
 from tagging_sidecar.kafka.records import Chunk, Record
@@ -122,3 +122,36 @@ def test_chunks_keep_every_unit_in_offset_order_and_lose_nothing_sendable(
         assert len({unit for unit, _ in units}) <= 3 * (lanes + 1)
     for partition in halted:
         assert states.halted(("t", partition))
+
+
+@given(spec=messages_spec, ordering=st.sampled_from(list(Ordering)), lanes=st.integers(1, 8))
+def test_a_whole_read_split_later_gives_the_units_of_a_split_read(
+    spec: list[tuple[int, bytes | None, str]], ordering: Ordering, lanes: int
+) -> None:
+    # A read kept whole (for a call on the poll thread) and split when it goes to the workers
+    # after all must give exactly the chunks the read would have given split at once.
+    messages = [
+        FakeMessage("t", partition, offset, key, record_value("r", kind))
+        for offset, (partition, key, kind) in enumerate(spec)
+    ]
+    at_once, _, _ = _ingest(ordering, lanes)
+    later, _, inflight = _ingest(ordering, lanes)
+    split = at_once(messages)
+    whole = later(messages, whole=True)
+    if ordering is Ordering.KEY:
+        # One chunk per partition, whatever the keys (every chunk costs on its way back), or
+        # one more after each record settled at once (null, undecodable), which ends a run.
+        assert all(unit is WHOLE for unit, _ in whole)
+        settled = sum(kind != "ok" for _, _, kind in spec)
+        assert len(whole) <= len({partition for partition, _, _ in spec}) + settled
+        whole = [part for _, chunk in whole for part in later.split(chunk)]
+    else:
+        assert WHOLE not in {unit for unit, _ in whole}
+
+    def shape(units: list[tuple[Hashable, Chunk]]) -> list[tuple[Hashable, list[int], int]]:
+        return sorted(((unit, chunk.offsets, chunk.size) for unit, chunk in units), key=repr)
+
+    assert shape(whole) == shape(split)
+    for _, chunk in whole:
+        _records(chunk)  # columns agree with the messages
+    assert inflight.records == sum(len(chunk) for _, chunk in split)
