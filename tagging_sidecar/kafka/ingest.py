@@ -196,10 +196,7 @@ class Ingest:
             if part is None:
                 part = by_lane[lane] = Chunk(tp, chunk.watermark, chunk.consumed)
                 part.offered = chunk.offered
-            part.offsets.append(offset)
-            part.payloads.append(payload)
-            part.messages.append(message)
-            part.size += len(payload)
+            part.add(offset, payload, message)
         return [(ordering_unit(tp, lane, self._ordering), part) for lane, part in by_lane.items()]
 
     def _open(self, where: tuple[str | None, int | None]) -> _Run:
