@@ -162,8 +162,11 @@ class Ingest:
                 self._router.guard.decoded(failed=1)
                 self._refuse(record_of(message, tp, offset, watermark, b""), exc, "decode")
                 continue
-            key = message.key()
-            lane = hash(key) % lanes if lanes and key is not None else PARTITION_LANE
+            if lanes:
+                key = message.key()
+                lane = hash(key) % lanes if key is not None else PARTITION_LANE
+            else:
+                lane = PARTITION_LANE  # one chunk per partition: the key is not needed
             chunk = by_lane.get(lane)
             if chunk is None:
                 chunk = by_lane[lane] = Chunk(run.tp, watermark, consumed_at)
