@@ -749,7 +749,7 @@ def test_a_hang_after_quick_calls_holds_the_poll_loop_for_one_short_deadline(
         first_hung = server.hung_deadlines[0]
         assert first_hung < 1.5, f"the first hung call had {first_hung:.2f} s: not the poll loop's"
         log = sidecar.log_path.read_text()
-        assert "a worker retries it" in log
+        assert "the workers retry it" in log
         assert wanted <= set(server.stored_ids()), report()
         assert records_in(kafka_bootstrap, dlq, 1) == 0
         assert sidecar.terminate() == 0
