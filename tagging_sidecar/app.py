@@ -219,7 +219,7 @@ class Sidecar:
         caller = None
         if adaptive and s.pool.call_on_poll:
             # One attempt, of at most a second: the poll loop must not wait out an outage or a
-            # hang (a worker retries the batch), it has rebalances and a shutdown to serve.
+            # hang (the workers retry the batch), it has rebalances and a shutdown to serve.
             caller = TimedDispatcher(
                 ForwardingDispatcher(
                     client,
