@@ -802,9 +802,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--count", type=int, default=300_000, help="records S drains in batch mode")
     parser.add_argument(
-        "--single-count", type=int, default=300_000, help="records S drains in single mode"
+        "--count", type=int, default=1_000_000, help="records S drains in batch mode"
+    )
+    parser.add_argument(
+        "--single-count", type=int, default=1_000_000, help="records S drains in single mode"
     )
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated, from {', '.join(SETTINGS)}")  # fmt: skip
