@@ -82,6 +82,10 @@ class InFlight:
         room = self.max_uncommitted - self.records - self.awaiting
         return room if wanted is None else min(room, wanted)
 
+    def partitions(self) -> int:
+        """How many partitions have records held."""
+        return len(self._by_partition)
+
     def held(self, tps: set[TP]) -> int:
         """Records of these partitions still held."""
         return sum(self._by_partition.get(tp, 0) for tp in tps)

@@ -9,11 +9,12 @@ commit position can never pass it; what happens next depends on the record:
 * undecodable: rejected (dead-lettered, or its partition stopped);
 * otherwise: handed on in per-ordering-unit chunks, counted in flight.
 
-A read the poll thread will most likely send itself, in one call (see ``StreamProcessor``),
-is kept in one chunk per partition (*whole*), because under ``key`` ordering the records of a
-partition would otherwise spread over as many chunks as there are lanes, a few records each,
-and every chunk costs as much as dozens of records on the way back. Such chunks are split into
-their ordering units (:meth:`Ingest.split`) only if they go to the workers after all.
+A read that will most likely go out in one call at a time (the poll thread sends it itself,
+or the pool's limit is one call, see ``StreamProcessor``) is kept in one chunk per partition
+(*whole*), because under ``key`` ordering the records of a partition would otherwise spread
+over as many chunks as there are lanes, a few records each, and every chunk costs as much as
+dozens of records on the way back. The processor sends such a chunk whole, or splits it into
+its ordering units (:meth:`Ingest.split`) where calls may run side by side.
 
 This runs once per record on the poll thread, the sidecar's busiest: a partition's state is
 looked up once per ``consume()`` result (a *run* of its messages), its offsets are tracked as
@@ -43,8 +44,18 @@ from tagging_sidecar.kafka.watermark import PartitionWatermark
 from tagging_sidecar.observe.metrics import Metrics
 
 #: the ordering unit of a whole chunk (a partition's records of every lane, see the module's
-#: docstring): it must be split before it goes to the workers
+#: docstring) in the processor's queue: it goes to the workers either under
+#: :func:`whole_unit` or split into its ordering units (see ``StreamProcessor._flush``)
 WHOLE: Hashable = "whole partition, to be split into its ordering units"
+
+#: the lane of :func:`whole_unit`: no key hashes to it
+_WHOLE_LANE = -2
+
+
+def whole_unit(tp: tuple[str, int]) -> Hashable:
+    """The pool key of ``tp``'s whole chunks: distinct from every ordering unit of ``tp``, so
+    the pool must never hold both at once (the processor sees to it)."""
+    return (*tp, _WHOLE_LANE)
 
 
 @dataclass(slots=True)
@@ -184,6 +195,13 @@ class Ingest:
         self._metrics.records_consumed.inc(decoded + settled)
         self._router.guard.decoded(ok=decoded)
         return chunks
+
+    def units(self, tp: tuple[str, int]) -> list[Hashable]:
+        """Every ordering unit :meth:`split` can give ``tp``'s records."""
+        return [
+            ordering_unit(tp, lane, self._ordering)
+            for lane in (PARTITION_LANE, *range(self._lanes))
+        ]
 
     def split(self, chunk: Chunk) -> list[tuple[Hashable, Chunk]]:
         """A whole chunk's records in chunks of their ordering units, each in offset order."""

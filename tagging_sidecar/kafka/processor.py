@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from tagging_sidecar.errors import FatalError
 from tagging_sidecar.kafka.commit import Committer, Committing
 from tagging_sidecar.kafka.inflight import InFlight
-from tagging_sidecar.kafka.ingest import WHOLE, Ingest
+from tagging_sidecar.kafka.ingest import WHOLE, Ingest, whole_unit
 from tagging_sidecar.kafka.offsetmap import decode_done
 from tagging_sidecar.kafka.outcomes import OutcomeRouter, Outcomes, Tally
 from tagging_sidecar.kafka.partitions import TP, PartitionStates
@@ -57,6 +57,9 @@ class Pool(Protocol):
     def withdraw(self, predicate: Callable[[Chunk], bool]) -> list[Chunk]: ...
     def stop(self, drain: bool = True, timeout: float | None = None) -> list[Chunk]: ...
     def stats(self) -> PoolStats: ...
+    def holds(self, keys: Iterable[Hashable]) -> bool: ...
+    @property
+    def limit(self) -> int: ...
 
 
 class DeadLetterQueue(Protocol):
@@ -244,7 +247,8 @@ class StreamProcessor:
                 good.append(message)
             else:
                 self.on_error(error)  # type: ignore[arg-type]
-        self._pending.extend(self._ingest(good, consumed, whole=self._caught_up))
+        whole = self._caught_up or self._whole_chunks_suffice()
+        self._pending.extend(self._ingest(good, consumed, whole=whole))
         self._flush()
 
     def _flush(self) -> None:
@@ -267,25 +271,68 @@ class StreamProcessor:
         # A chunk the pool refuses (its unit's worker is busy and its queue full) holds back
         # the later chunks of its ordering unit only: the others go on to idle workers.
         refused: set[Hashable] = set()
+        #: partitions of which a chunk holding every unit waits: all their later chunks wait
+        behind: set[TP] = set()
+        #: partitions of which a chunk of one unit waits: a later one goes split, behind it
+        split_waits: set[TP] = set()
+        whole_held: dict[TP, bool] = {}
+        whole_ok = self._whole_chunks_suffice()
         kept: deque[tuple[Hashable, Chunk]] = deque()
         waiting = 0
-        for key, chunk in self._units(pending):
-            if key is None or key not in refused:
-                if offer(chunk, key, len(chunk), now - chunk.consumed):
-                    continue
-                refused.add(key)
-            kept.append((key, chunk))
-            waiting += len(chunk)
+        for key, chunk in pending:
+            tp = chunk.tp
+            units: list[tuple[Hashable, Chunk]]
+            if tp in behind:
+                units = []
+            else:
+                held = whole_held.get(tp)
+                if held is None:
+                    held = whole_held[tp] = self._pool.holds([whole_unit(tp)])
+                if key is not WHOLE:
+                    # A chunk of one unit must not overtake a whole chunk of its partition.
+                    units = [] if held else [(key, chunk)]
+                elif whole_ok and (held or self._may_send_whole(tp, split_waits)):
+                    units = [(whole_unit(tp), chunk)]
+                elif held:
+                    units = []  # more calls are allowed now: split, once the whole ones are done
+                else:
+                    units = self._ingest.split(chunk)
+            if not units:
+                behind.add(tp)
+                kept.append((key, chunk))
+                waiting += len(chunk)
+                continue
+            whole_key = whole_unit(tp)
+            for unit, part in units:
+                whole = unit == whole_key
+                if unit is None or unit not in refused:
+                    if offer(part, unit, len(part), now - part.consumed):
+                        whole_held[tp] = whole_held[tp] or whole
+                        continue
+                    refused.add(unit)
+                if whole:
+                    behind.add(tp)
+                    kept.append((WHOLE, part))
+                else:
+                    split_waits.add(tp)
+                    kept.append((unit, part))
+                waiting += len(part)
         self._pending = kept
         self._waiting = waiting
 
-    def _units(self, pending: deque[tuple[Hashable, Chunk]]) -> Iterator[tuple[Hashable, Chunk]]:
-        """``pending`` in ordering units: whole chunks split, on their way to the workers."""
-        for key, chunk in pending:
-            if key is WHOLE:
-                yield from self._ingest.split(chunk)
-            else:
-                yield key, chunk
+    def _whole_chunks_suffice(self) -> bool:
+        """Whether one chunk per partition gives the pool's limit enough to run side by side:
+        the limit is one call, or no more than the partitions with records in flight. Splitting
+        a read into its key lanes then only multiplies its chunks, each of which costs as much
+        as dozens of records on its way back; with more calls allowed than busy partitions,
+        the lanes are what lets calls run side by side (a hot partition, a slow downstream)."""
+        limit = self._pool.limit
+        return limit == 1 or limit <= self.inflight.partitions()
+
+    def _may_send_whole(self, tp: TP, split_waits: set[TP]) -> bool:
+        """Whether a whole chunk of ``tp`` may go out as one unit: no chunk of any of its
+        ordering units is in the pool, or waits before it."""
+        return tp not in split_waits and not self._pool.holds(self._ingest.units(tp))
 
     def _apply(self, outcomes: list[Any]) -> None:
         if not outcomes:

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -295,6 +295,13 @@ class WorkerPool(SlotWorkers[R]):
                 if not self._backlog and not self._in_process:
                     self._quiet.notify_all()
         return taken
+
+    def holds(self, keys: Iterable[Hashable]) -> bool:
+        """Whether an item of any of ``keys`` is queued or being processed (a caller that
+        sends one unit's work under another key waits until this is False)."""
+        with self._lock:
+            affinity = self._affinity
+            return any(key in affinity for key in keys)
 
     def wait_for_space(self, timeout: float) -> None:
         """Sleep until some work completes or ``timeout`` passes (for callers of ``offer``)."""

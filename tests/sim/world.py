@@ -7,7 +7,7 @@ and pool batches complete only when a test (or a wait) runs them, in any order i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tagging_sidecar.config import GrpcSettings, InputFormat, Ordering, TombstonePolicy
@@ -76,6 +76,9 @@ class ManualPool:
         self.refusals: dict[Hashable | None, int] = {}
         #: the ``waited`` of every offer, in order
         self.waited: list[float] = []
+        #: calls allowed in flight (the real pool's adaptive limit); 1 makes the processor
+        #: send whole chunks
+        self.limit = 2
 
     def offer(
         self, item: Chunk, key: Hashable | None = None, weight: int = 1, waited: float = 0.0
@@ -106,6 +109,11 @@ class ManualPool:
             return False
         self._on_done(list(items), rejected)
         return True
+
+    def holds(self, keys: Iterable[Hashable]) -> bool:
+        """Whether a chunk of any of ``keys`` is queued."""
+        wanted = set(keys)
+        return any(key in wanted for key, _ in self.queued)
 
     def runnable(self) -> list[int]:
         """Indexes of queued chunks that may run now (first of their key)."""

@@ -248,6 +248,22 @@ def test_full_pool_applies_backpressure(scaling: str) -> None:
 
 
 @pytest.mark.parametrize("scaling", SCALINGS)
+def test_a_key_is_held_while_its_items_are_queued_or_in_a_call(scaling: str) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    policy = ScalingPolicy(min_workers=1, max_workers=1, queue_size=5)
+    pool, results = make_pool(recorder, policy, scaling=scaling)
+    pool.dispatch("first", key="a")
+    wait_until(lambda: recorder.concurrent == 1)  # in a call
+    pool.dispatch("second", key="b")  # queued behind it
+    assert pool.holds(["a"]) and pool.holds(["x", "b"]) and not pool.holds(["x", "y"])
+    recorder.gate.set()
+    wait_until(lambda: len(results.done) == 2)
+    wait_until(lambda: not pool.holds(["a", "b"]))
+    pool.stop()
+
+
+@pytest.mark.parametrize("scaling", SCALINGS)
 def test_dispatcher_errors_reject_the_batch_but_never_kill_the_pool(scaling: str) -> None:
     recorder = Recorder()
     recorder.raise_on = lambda batch: RuntimeError("boom") if "bad" in batch else None

@@ -120,6 +120,12 @@ class DeliveryMachine(RuleBasedStateMachine):
         while the other units' chunks go on."""
         self.sidecar.pool.refusals[(*tp, lane)] = offers
 
+    @rule(one=st.booleans())
+    def call_limit_moves(self, one: bool) -> None:
+        """The pool's limit drops to one call (reads go out in whole chunks per partition) or
+        rises (in their ordering units)."""
+        self.sidecar.pool.limit = 1 if one else 2
+
     @rule(failing=st.booleans())
     def coordinator_outage(self, failing: bool) -> None:
         """Commits fail (the group coordinator is down or moving) until the next such rule: a
