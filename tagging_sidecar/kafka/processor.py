@@ -47,6 +47,12 @@ class Consumer(Committing, Protocol):
     def close(self) -> None: ...
 
 
+#: the most calls in flight for which reads stay whole (see ``_whole_chunks_suffice``): a
+#: limit that settles higher wants lanes, and one moving around the number of busy partitions
+#: would switch a partition between whole and split chunks, each switch a wait
+WHOLE_CHUNK_CALLS = 2
+
+
 class Pool(Protocol):
     """The part of :class:`~tagging_sidecar.pool.WorkerPool` the processor uses."""
 
@@ -322,12 +328,12 @@ class StreamProcessor:
 
     def _whole_chunks_suffice(self) -> bool:
         """Whether one chunk per partition gives the pool's limit enough to run side by side:
-        the limit is one call, or no more than the partitions with records in flight. Splitting
-        a read into its key lanes then only multiplies its chunks, each of which costs as much
-        as dozens of records on its way back; with more calls allowed than busy partitions,
-        the lanes are what lets calls run side by side (a hot partition, a slow downstream)."""
+        the limit is one call, or two and no more than the partitions with records in flight.
+        Splitting a read into its key lanes then only multiplies its chunks, each of which
+        costs as much as dozens of records on its way back; with more calls allowed, the lanes
+        are what lets calls run side by side (a hot partition, a slow downstream)."""
         limit = self._pool.limit
-        return limit == 1 or limit <= self.inflight.partitions()
+        return limit == 1 or limit <= min(WHOLE_CHUNK_CALLS, self.inflight.partitions())
 
     def _may_send_whole(self, tp: TP, split_waits: set[TP]) -> bool:
         """Whether a whole chunk of ``tp`` may go out as one unit: no chunk of any of its

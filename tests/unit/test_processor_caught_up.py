@@ -23,10 +23,12 @@ IDLE_POLL = 0.5  #: the processor's idle poll
 INTERVAL = 60.0  #: the committer's interval: no timed commit happens in these tests
 
 
-def _world(gather: float = Timing().gather) -> tuple[FakeBroker, Sidecar, list[float]]:
+def _world(
+    gather: float = Timing().gather, partitions: int = 2
+) -> tuple[FakeBroker, Sidecar, list[float]]:
     """A joined sidecar and the list of the timeouts its ``consume()`` calls blocked for."""
     broker = FakeBroker()
-    broker.create("t", 2)
+    broker.create("t", partitions)
     limits = Limits(max_records=1000, consume_batch=100, max_uncommitted=0, gather=gather)
     limits.idle_poll, limits.commit_interval = IDLE_POLL, INTERVAL
     limits.pool_capacity = 10_000

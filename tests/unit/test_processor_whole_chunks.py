@@ -1,6 +1,6 @@
-"""Where the pool's limit is one call, or no more calls than partitions with records in flight,
-a read goes to the workers in one chunk per partition (a *whole* chunk); where more calls may
-run side by side, in its ordering units. A partition's
+"""Where the pool's limit is one call, or two and no more than the partitions with records in
+flight, a read goes to the workers in one chunk per partition (a *whole* chunk); where more
+calls may run side by side, in its ordering units. A partition's
 whole chunks and its unit chunks are never in the pool together, so every key keeps its order
 across the switch.
 
@@ -79,6 +79,24 @@ def test_with_no_more_calls_allowed_than_busy_partitions_reads_stay_whole() -> N
     _forward_all(sidecar)
     sidecar.processor.step()
     assert len(sidecar.server.stored) == 40 and _in_key_order(sidecar, broker)
+
+
+def test_a_limit_above_two_calls_splits_reads_however_many_partitions_are_busy() -> None:
+    # A limit that grew past two calls belongs to a slow downstream: lanes, not a switch back
+    # and forth as it moves around the number of busy partitions.
+    broker, sidecar, _ = _world(partitions=4)
+    sidecar.pool.limit = 3
+    tps: list[TP] = [("t", p) for p in range(4)]
+    for tp in tps:
+        _produce_keyed(broker, tp, KEYS)
+    sidecar.processor.step()
+    while any(chunk.tp == P0 for _, chunk in sidecar.pool.queued):
+        sidecar.pool.run(next(i for i, (_, c) in enumerate(sidecar.pool.queued) if c.tp == P0))
+    _produce_keyed(broker, P0, KEYS)
+    sidecar.processor.step()  # partition 0 is free; three partitions are busy, the limit is 3
+    assert sidecar.inflight.partitions() == 4
+    units = [unit for unit, chunk in sidecar.pool.queued if chunk.tp == P0]
+    assert units and whole_unit(P0) not in units
 
 
 def test_a_raised_limit_splits_a_partitions_reads_only_once_its_whole_chunks_are_done() -> None:
