@@ -9,12 +9,13 @@ commit position can never pass it; what happens next depends on the record:
 * undecodable: rejected (dead-lettered, or its partition stopped);
 * otherwise: handed on in per-ordering-unit chunks, counted in flight.
 
-A read that will most likely go out in one call at a time (the poll thread sends it itself,
-or the pool's limit is one call, see ``StreamProcessor``) is kept in one chunk per partition
-(*whole*), because under ``key`` ordering the records of a partition would otherwise spread
-over as many chunks as there are lanes, a few records each, and every chunk costs as much as
-dozens of records on the way back. The processor sends such a chunk whole, or splits it into
-its ordering units (:meth:`Ingest.split`) where calls may run side by side.
+A read that needs no key lanes to be sent (the poll thread sends it itself, or the pool's
+limit allows one call, or two and no more than the busy partitions, see ``StreamProcessor``)
+is kept in one chunk per partition (*whole*), because under ``key`` ordering the records of a
+partition would otherwise spread over as many chunks as there are lanes, a few records each,
+and every chunk costs as much as dozens of records on the way back. The processor sends such
+a chunk whole, or splits it into its ordering units (:meth:`Ingest.split`) where calls may run
+side by side.
 
 This runs once per record on the poll thread, the sidecar's busiest: a partition's state is
 looked up once per ``consume()`` result (a *run* of its messages), its offsets are tracked as
