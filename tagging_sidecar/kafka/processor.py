@@ -287,18 +287,19 @@ class StreamProcessor:
         waiting = 0
         for key, chunk in pending:
             tp = chunk.tp
+            whole_key = whole_unit(tp)
             units: list[tuple[Hashable, Chunk]]
             if tp in behind:
                 units = []
             else:
                 held = whole_held.get(tp)
                 if held is None:
-                    held = whole_held[tp] = self._pool.holds([whole_unit(tp)])
+                    held = whole_held[tp] = self._pool.holds([whole_key])
                 if key is not WHOLE:
                     # A chunk of one unit must not overtake a whole chunk of its partition.
                     units = [] if held else [(key, chunk)]
                 elif whole_ok and (held or self._may_send_whole(tp, split_waits)):
-                    units = [(whole_unit(tp), chunk)]
+                    units = [(whole_key, chunk)]
                 elif held:
                     units = []  # more calls are allowed now: split, once the whole ones are done
                 else:
@@ -308,7 +309,6 @@ class StreamProcessor:
                 kept.append((key, chunk))
                 waiting += len(chunk)
                 continue
-            whole_key = whole_unit(tp)
             for unit, part in units:
                 whole = unit == whole_key
                 if unit is None or unit not in refused:

@@ -101,13 +101,14 @@ class ManualPool:
         caller offers it to the workers."""
         if not self.caller_runs or self.queued or self.stopped:
             return False
+        chunks = list(items)
         self.here_calls += 1
-        self.here_chunks.append(list(items))
+        self.here_chunks.append(chunks)
         try:
-            rejected = list(self._caller.process(list(items)))
+            rejected = list(self._caller.process(chunks))
         except SidecarError:
             return False
-        self._on_done(list(items), rejected)
+        self._on_done(chunks, rejected)
         return True
 
     def holds(self, keys: Iterable[Hashable]) -> bool:

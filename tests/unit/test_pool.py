@@ -197,12 +197,18 @@ def test_stop_with_drain_processes_everything_accepted(scaling: str) -> None:
         pool.dispatch(301)
 
 
-@pytest.mark.parametrize("scaling", SCALINGS)
-def test_stop_without_drain_returns_what_was_never_sent(scaling: str) -> None:
+def gated_pool(policy: ScalingPolicy, scaling: str) -> tuple[Recorder, WorkerPool[Any], Results]:
+    """A pool whose calls block until the recorder's gate is set."""
     recorder = Recorder()
     recorder.gate.clear()
-    policy = ScalingPolicy(min_workers=0, max_workers=1, queue_size=100)
     pool, results = make_pool(recorder, policy, scaling=scaling)
+    return recorder, pool, results
+
+
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_stop_without_drain_returns_what_was_never_sent(scaling: str) -> None:
+    policy = ScalingPolicy(min_workers=0, max_workers=1, queue_size=100)
+    recorder, pool, results = gated_pool(policy, scaling)
     for i in range(10):
         pool.dispatch(i)
     wait_until(lambda: recorder.concurrent == 1)
@@ -230,10 +236,8 @@ def test_dispatcher_ending_its_worker_loses_nothing(scaling: str) -> None:
 
 @pytest.mark.parametrize("scaling", SCALINGS)
 def test_full_pool_applies_backpressure(scaling: str) -> None:
-    recorder = Recorder()
-    recorder.gate.clear()
     policy = ScalingPolicy(min_workers=1, max_workers=1, queue_size=5)
-    pool, _ = make_pool(recorder, policy, scaling=scaling)
+    recorder, pool, _ = gated_pool(policy, scaling)
     pool.dispatch("in hand")
     wait_until(lambda: recorder.concurrent == 1)
     accepted = 0
@@ -249,10 +253,8 @@ def test_full_pool_applies_backpressure(scaling: str) -> None:
 
 @pytest.mark.parametrize("scaling", SCALINGS)
 def test_a_key_is_held_while_its_items_are_queued_or_in_a_call(scaling: str) -> None:
-    recorder = Recorder()
-    recorder.gate.clear()
     policy = ScalingPolicy(min_workers=1, max_workers=1, queue_size=5)
-    pool, results = make_pool(recorder, policy, scaling=scaling)
+    recorder, pool, results = gated_pool(policy, scaling)
     pool.dispatch("first", key="a")
     wait_until(lambda: recorder.concurrent == 1)  # in a call
     pool.dispatch("second", key="b")  # queued behind it
