@@ -15,8 +15,9 @@ measures:
     mean), from which the crash-duplicate bound follows;
   - **L**: latency (the sink's receive time minus the record's event time, measured by the sink)
     at 10, 25, 50 and 75 % of that setting's S, with bench/live_producer.py in a process of its
-    own producing at a fixed rate; and the sidecar's per-stage latency from /metrics when it has
-    ``tagging_sidecar_stage_seconds``;
+    own producing at a fixed rate; against the fast sink, first also at fixed live rates (2,000,
+    8,000 and 16,000 records/s), the same for every forwarder; and the sidecar's per-stage latency
+    from /metrics when it has ``tagging_sidecar_stage_seconds``;
 
 * **direct**: the same producer calling the sink itself (no Kafka, no forwarder) at the rates of
   the first setting: the floor of the load generator and the sink;
@@ -66,6 +67,9 @@ from tests.support.kafka_broker import LocalKafka  # noqa: E402
 from tests.support.pysink import PySink, parse_duration  # noqa: E402
 
 FRACTIONS = (0.10, 0.25, 0.50, 0.75)
+# Fixed live rates, the same for every forwarder, at which the fast-sink settings are also
+# measured: the range where a sidecar should add no more latency than a plain forwarder.
+LIVE_RATES = (2_000.0, 8_000.0, 16_000.0)
 METRIC = "tagging_sidecar_"
 
 
@@ -459,12 +463,19 @@ def drain(
 class Latency:
     """Latency at one rate."""
 
-    fraction: float
+    fraction: float | None  # of the setting's S; None for a step at a fixed rate
     target_rate: float
     produced: dict[str, Any]
     sink: dict[str, Any]
     cpu_percent: float | None = None
     load: float = field(default_factory=lambda: os.getloadavg()[0])
+
+    @property
+    def step(self) -> str:
+        """The step's name: its fraction of S, or its fixed rate."""
+        if self.fraction is None:
+            return f"{self.target_rate:,.0f}/s"
+        return f"{self.fraction:.0%}"
 
     @property
     def complete(self) -> bool:
@@ -486,13 +497,15 @@ def settle(sink: Sink, expected: int, timeout: float) -> dict[str, Any]:
 
 def latencies(
     setting: Setting, sink: Sink, args: argparse.Namespace, s_rate: float, work: Path
-) -> tuple[list[Latency], str]:
-    """Run L for ``setting`` on a fresh topic; (one result per fraction, the final /metrics)."""
+) -> tuple[list[Latency], list[Latency], str]:
+    """Run L for ``setting`` on a fresh topic: (one result per fraction of S, one per fixed live
+    rate (fast sink only), the final /metrics). The fixed rates come first, on a calm broker."""
     topic = f"lat-{setting.key}-{time.time_ns()}"
     create_topic(args.bootstrap, topic, args.partitions)
     sink.reset()
     fwd = Forwarder(setting, args, topic, sink.target, work / f"l-{setting.key}.log")
     results: list[Latency] = []
+    fixed: list[Latency] = []
     text = ""
     try:
         if not wait_for(fwd.is_ready, 90):
@@ -505,23 +518,23 @@ def latencies(
             sent = run_producer(args, warm_rate, args.warmup_seconds, f"w{attempt}", topic=topic)
             if settle(sink, int(sent["records"]), 10)["records"] >= sent["records"]:
                 break
-        for fraction in args.fractions:
-            rate = s_rate * fraction
+        live_rates = args.live_rates if setting.per_record == "0" else []
+        steps = [(None, rate) for rate in live_rates]
+        steps += [(fraction, s_rate * fraction) for fraction in args.fractions]
+        for fraction, rate in steps:
             sink.reset()
             cpu_before = cpu_seconds(fwd.pid)
             started = time.time()
-            produced = run_producer(args, rate, args.latency_seconds, f"l{fraction}", topic=topic)
+            produced = run_producer(args, rate, args.latency_seconds, f"l{rate:.0f}", topic=topic)
             stats = settle(sink, int(produced["records"]), args.drain_timeout)
             used = cpu_seconds(fwd.pid) - cpu_before
-            results.append(
-                Latency(fraction, rate, produced, stats, used / (time.time() - started) * 100)
-            )
-            line = format_latency(setting.label, results[-1])
-            print(f"    {line}", flush=True)
+            lat = Latency(fraction, rate, produced, stats, used / (time.time() - started) * 100)
+            (fixed if fraction is None else results).append(lat)
+            print(f"    {format_latency(setting.label, lat)}", flush=True)
         text = fwd.metrics_text()
     finally:
         fwd.stop()
-    return results, text
+    return results, fixed, text
 
 
 WARM_CHUNK_SECONDS = 5.0
@@ -587,11 +600,24 @@ def format_latency(label: str, lat: Latency) -> str:
     """One line: rate, p50/p99, completeness."""
     got = lat.sink["latency_ms"]
     return (
-        f"{label}: {lat.fraction:.0%} ({lat.produced['rate']:,}/s): "
+        f"{label}: {lat.step} ({lat.produced['rate']:,}/s): "
         f"p50 {ms(got.get('p50'))} ms, p99 {ms(got.get('p99'))} ms, "
         f"{lat.sink['records']:,}/{lat.produced['records']:,} arrived, "
-        f"producer ack p50 {ms(lat.produced['ack_p50_ms'])} ms"
+        f"producer ack p50 / p99 {ms(lat.produced['ack_p50_ms'])} / "
+        f"{ms(lat.produced['ack_p99_ms'])} ms"
     )
+
+
+def latency_cell(lat: Latency, *, p99: bool = False) -> str:
+    """One step as a table cell: p50 / p99, then the rate reached and the producer's
+    acknowledgement p50 (and p99); an asterisk when not every record arrived."""
+    got = lat.sink["latency_ms"]
+    star = "" if lat.complete else "*"
+    ack = ms(lat.produced["ack_p50_ms"]) if lat.produced["ack_p50_ms"] else ""
+    if ack and p99:
+        ack += f" / {ms(lat.produced['ack_p99_ms'])}"
+    acked = f"; ack {ack}" if ack else ""
+    return f"{ms(got.get('p50'))} / {ms(got.get('p99'))}{star} ({lat.produced['rate']:,}/s{acked})"
 
 
 def stage_table(text: str) -> list[str]:
@@ -627,10 +653,13 @@ def plot_latency(
     for key, results in [*table.items(), ("direct (no Kafka)", floor)]:
         setting = SETTINGS.get(key)
         axis = panels.get(setting.per_record if setting else "0", axes[0])
-        xs = [r.fraction * 100 for r in results if r.sink["latency_ms"].get("count")]
-        if not xs:
+        measured = [
+            r for r in results if r.fraction is not None and r.sink["latency_ms"].get("count")
+        ]
+        if not measured:
             continue
-        ms = [r.sink["latency_ms"] for r in results if r.sink["latency_ms"].get("count")]
+        xs = [(r.fraction or 0.0) * 100 for r in measured]
+        ms = [r.sink["latency_ms"] for r in measured]
         (line,) = axis.plot(xs, [m["p50"] for m in ms], marker="o", label=key)
         axis.plot(xs, [m["p99"] for m in ms], linestyle="--", color=line.get_color())
     for axis in axes:
@@ -691,6 +720,7 @@ def report(
     r0: tuple[float, float],
     drains: dict[str, Drain],
     lats: dict[str, list[Latency]],
+    fixed: dict[str, list[Latency]],
     floor: list[Latency],
     stages: dict[str, str],
 ) -> str:
@@ -762,18 +792,27 @@ def report(
     rows = [*[(SETTINGS[k].label, v) for k, v in lats.items()]]
     if floor:
         rows.append(("direct: producer → sink, no Kafka (at the first setting's rates)", floor))
-    for label, results in rows:
-        cells = []
-        for lat in results:
-            got = lat.sink["latency_ms"]
-            star = "" if lat.complete else "*"
-            ack = lat.produced["ack_p50_ms"]
-            acked = f"; ack {ms(ack)}" if ack else ""
-            cells.append(
-                f"{ms(got.get('p50'))} / {ms(got.get('p99'))}{star} "
-                f"({lat.produced['rate']:,}/s{acked})"
-            )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        f"| {label} | " + " | ".join(map(latency_cell, results)) + " |" for label, results in rows
+    ]
+    if any(fixed.values()):
+        rates = next(v for v in fixed.values() if v)
+        lines += [
+            "",
+            "### Latency at fixed live rates, fast sink",
+            "",
+            "The same for every forwarder, measured before its fractions of S. Each cell is p50 / "
+            "p99 in ms, then the rate reached and the producer's acknowledgement p50 / p99: a "
+            "step's p99 cannot beat the time the broker took to hold its records.",
+            "",
+            "| setting | " + " | ".join(f"{r.target_rate:,.0f}/s" for r in rates) + " |",
+            "|---|" + "---:|" * len(rates),
+        ]
+        lines += [
+            f"| {SETTINGS[k].label} | " + " | ".join(latency_cell(r, p99=True) for r in v) + " |"
+            for k, v in fixed.items()
+            if v
+        ]
     lines += ["", "Producer during the latency steps (Kafka acknowledgement, sampled):", ""]
     lines += [
         "| setting | load | produced/s | schedule lag max ms | queue full | ack p50 / p99 ms "
@@ -781,10 +820,10 @@ def report(
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, results in lats.items():
-        for lat in results:
+        for lat in [*fixed.get(key, []), *results]:
             p = lat.produced
             lines.append(
-                f"| {key} | {lat.fraction:.0%} | {p['rate']:,} | {ms(p['schedule_lag_max_ms'])} | "
+                f"| {key} | {lat.step} | {p['rate']:,} | {ms(p['schedule_lag_max_ms'])} | "
                 f"{p['queue_full']} | {ms(p['ack_p50_ms'])} / {ms(p['ack_p99_ms'])} | "
                 f"{lat.cpu_percent or 0:.0f} | {lat.load:.1f} |"
             )
@@ -813,6 +852,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="per latency step")
     parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS),
                         help="latency steps, as fractions of S")  # fmt: skip
+    parser.add_argument(
+        "--live-rates",
+        default=",".join(f"{r:g}" for r in LIVE_RATES),
+        help="latency steps at fixed records/s, fast sink only ('' for none)",
+    )
     parser.add_argument(
         "--warmup-seconds", type=float, default=5.0, help="live traffic before the latency steps"
     )
@@ -851,6 +895,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--topic", default="bench", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.fractions = [float(f) for f in args.fractions.split(",")]
+    args.live_rates = [float(r) for r in args.live_rates.split(",") if r]
     args.settings = [SETTINGS[k] for k in args.settings.split(",")]
     return args
 
@@ -900,6 +945,7 @@ def main() -> int:
             print(f"    producer ack p50 per 5 s: {', '.join(ms(a) for a in acks)} ms", flush=True)
         drains: dict[str, Drain] = {}
         lats: dict[str, list[Latency]] = {}
+        fixed: dict[str, list[Latency]] = {}
         stages: dict[str, str] = {}
         for setting in args.settings:
             topic, count = topics[setting.mode]
@@ -925,7 +971,9 @@ def main() -> int:
                     )
                 if not args.skip_latency:
                     print(f"==> L: {setting.label}", flush=True)
-                    lats[setting.key], text = latencies(setting, sink, args, d.rate, work)
+                    lats[setting.key], fixed[setting.key], text = latencies(
+                        setting, sink, args, d.rate, work
+                    )
                     if setting.forwarder == "sidecar":
                         stages[setting.key] = text
                 print(
@@ -940,7 +988,7 @@ def main() -> int:
             floor = direct_floor(args, [(f, first.rate * f) for f in args.fractions], work)
         if lats:
             plot_latency(lats, floor, work / "latency.png", "tagging-sidecar latency")
-        text = report(args, r0, drains, lats, floor, stages)
+        text = report(args, r0, drains, lats, fixed, floor, stages)
         text += f"\n\nWhole run: {(time.monotonic() - wall) / 60:.1f} minutes.\n"
         (work / "report.md").write_text(text)
         print("\n" + text)
