@@ -61,9 +61,9 @@ def cmd_run(_args: argparse.Namespace) -> int:
 
         return run_processes(settings, stop)
     from tagging_sidecar.app import Sidecar
-    from tagging_sidecar.runtime import tune_garbage_collector
+    from tagging_sidecar.runtime import tune_process
 
-    tune_garbage_collector()
+    tune_process()
     try:
         Sidecar(settings, stop_event=stop).run()
     except SidecarError as exc:

@@ -50,9 +50,11 @@ class ChildLink:
 
 def child_main(settings: Settings, index: int, link: ChildLink) -> None:
     """Body of child ``index``: one sidecar, its probes and metrics on a loopback port."""
+    from tagging_sidecar import runtime
     from tagging_sidecar.app import Sidecar
     from tagging_sidecar.observe.logs import configure_logging
 
+    runtime.tune_process()
     configure_logging(settings.log.format, settings.log.level)
     structlog.contextvars.bind_contextvars(process=index)
     stop = threading.Event()
