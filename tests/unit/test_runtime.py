@@ -38,21 +38,9 @@ libc.free.argtypes = [ctypes.c_void_p]
 libc.fopen.restype = ctypes.c_void_p
 libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
 libc.fclose.argtypes = [ctypes.c_void_p]
-class Info(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-libc.mallinfo2.restype = Info
 if TUNE:
     from tagging_sidecar.runtime import tune_allocator
     tune_allocator()
-# A large block freed, then another: is the second mapped on its own (and so unmapped when
-# freed), or carved from the heap?
-libc.free(libc.malloc(4 << 20))
-before = libc.mallinfo2().hblks
-block = libc.malloc(512 << 10)
-mapped = libc.mallinfo2().hblks - before
-libc.free(block)
 # Eight threads allocating at once: how many arenas serve them?
 together = threading.Barrier(8)
 def allocate():
@@ -62,27 +50,25 @@ def allocate():
 threads = [threading.Thread(target=allocate) for _ in range(8)]
 for thread in threads: thread.start()
 for thread in threads: thread.join()
-path = tempfile.mktemp()
+descriptor, path = tempfile.mkstemp()
+os.close(descriptor)
 stream = libc.fopen(path.encode(), b"w")
 libc.malloc_info(0, stream)
 libc.fclose(stream)
 heaps = open(path).read().count("<heap nr=")
 os.unlink(path)
-print(mapped, heaps)
+print(heaps)
 """
 
 
-def _allocator_probe(tune: bool) -> tuple[int, int]:
-    mapped, heaps = python_output(f"TUNE = {tune}\n{_ALLOCATOR}", timeout=60).split()
-    return int(mapped), int(heaps)
+def _arenas(tune: bool) -> int:
+    return int(python_output(f"TUNE = {tune}\n{_ALLOCATOR}", timeout=60))
 
 
-def test_large_blocks_stay_mapped_and_threads_share_two_arenas() -> None:
-    # glibc on its own: the freed 4 MiB block raised the threshold, and every thread got an
-    # arena of its own. This is what the tuning changes.
-    mapped, heaps = _allocator_probe(tune=False)
-    assert mapped == 0 and heaps > 2
-    assert _allocator_probe(tune=True) == (1, 2)
+def test_threads_share_two_arenas() -> None:
+    # glibc on its own gives every thread an arena of its own (up to eight per core).
+    assert _arenas(tune=False) > 2
+    assert _arenas(tune=True) == 2
 
 
 def test_the_allocator_is_left_as_the_environment_sets_it() -> None:
@@ -90,9 +76,9 @@ def test_the_allocator_is_left_as_the_environment_sets_it() -> None:
         "import os\n"
         "os.environ['MALLOC_ARENA_MAX'] = '4'\n"
         "from tagging_sidecar.runtime import tune_allocator\n"
-        "print(','.join(tune_allocator()))\n"
+        "print(tune_allocator())\n"
     )
-    assert python_output(probe, timeout=60).strip() == "MALLOC_MMAP_THRESHOLD_"
+    assert python_output(probe, timeout=60).strip() == "False"
 
 
 def test_each_child_process_is_tuned_like_a_single_process(
