@@ -640,7 +640,9 @@ def stage_table(text: str) -> list[str]:
 def plot_latency(
     table: dict[str, list[Latency]], floor: list[Latency], path: Path, title: str
 ) -> None:
-    """p50 (solid) and p99 (dashed) against the load, one panel per sink."""
+    """p50 (solid) and p99 (dashed) against the rate produced, every step of every setting
+    (fixed rates and fractions of S alike), one panel per sink: settings compare at equal
+    rates, not at equal fractions of their different S."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -653,18 +655,20 @@ def plot_latency(
     for key, results in [*table.items(), ("direct (no Kafka)", floor)]:
         setting = SETTINGS.get(key)
         axis = panels.get(setting.per_record if setting else "0", axes[0])
-        measured = [
-            r for r in results if r.fraction is not None and r.sink["latency_ms"].get("count")
-        ]
+        measured = sorted(
+            (r for r in results if r.sink["latency_ms"].get("count")),
+            key=lambda r: float(r.produced["rate"]),
+        )
         if not measured:
             continue
-        xs = [(r.fraction or 0.0) * 100 for r in measured]
+        xs = [float(r.produced["rate"]) for r in measured]
         ms = [r.sink["latency_ms"] for r in measured]
         (line,) = axis.plot(xs, [m["p50"] for m in ms], marker="o", label=key)
         axis.plot(xs, [m["p99"] for m in ms], linestyle="--", color=line.get_color())
     for axis in axes:
+        axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_xlabel("load, % of the setting's S")
+        axis.set_xlabel("records/s produced")
         axis.grid(True, which="both", alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
@@ -987,7 +991,8 @@ def main() -> int:
             print("==> direct: producer → sink, no Kafka, no forwarder", flush=True)
             floor = direct_floor(args, [(f, first.rate * f) for f in args.fractions], work)
         if lats:
-            plot_latency(lats, floor, work / "latency.png", "tagging-sidecar latency")
+            steps = {key: [*fixed.get(key, []), *results] for key, results in lats.items()}
+            plot_latency(steps, floor, work / "latency.png", "tagging-sidecar latency")
         text = report(args, r0, drains, lats, fixed, floor, stages)
         text += f"\n\nWhole run: {(time.monotonic() - wall) / 60:.1f} minutes.\n"
         (work / "report.md").write_text(text)
