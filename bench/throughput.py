@@ -525,7 +525,8 @@ def latencies(
             sink.reset()
             cpu_before = cpu_seconds(fwd.pid)
             started = time.time()
-            produced = run_producer(args, rate, args.latency_seconds, f"l{rate:.0f}", topic=topic)
+            run_id = f"f{rate:.0f}" if fraction is None else f"l{fraction}"
+            produced = run_producer(args, rate, args.latency_seconds, run_id, topic=topic)
             stats = settle(sink, int(produced["records"]), args.drain_timeout)
             used = cpu_seconds(fwd.pid) - cpu_before
             lat = Latency(fraction, rate, produced, stats, used / (time.time() - started) * 100)
