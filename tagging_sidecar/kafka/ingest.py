@@ -98,6 +98,8 @@ class Ingest:
         self._router = router
         self._metrics = metrics
         self._tally = tally
+        #: :meth:`units` of each partition seen, which depend on the partition alone
+        self._units: dict[tuple[str, int], tuple[Hashable, ...]] = {}
 
     def __call__(
         self, messages: Sequence[Message], consumed_at: float = 0.0, whole: bool = False
@@ -197,12 +199,16 @@ class Ingest:
         self._router.guard.decoded(ok=decoded)
         return chunks
 
-    def units(self, tp: tuple[str, int]) -> list[Hashable]:
-        """Every ordering unit :meth:`split` can give ``tp``'s records."""
-        return [
-            ordering_unit(tp, lane, self._ordering)
-            for lane in (PARTITION_LANE, *range(self._lanes))
-        ]
+    def units(self, tp: tuple[str, int]) -> tuple[Hashable, ...]:
+        """Every ordering unit :meth:`split` can give ``tp``'s records (built once per
+        partition: the processor asks on every pass that holds one of its whole chunks)."""
+        units = self._units.get(tp)
+        if units is None:
+            lanes = (PARTITION_LANE, *range(self._lanes))
+            units = self._units[tp] = tuple(
+                ordering_unit(tp, lane, self._ordering) for lane in lanes
+            )
+        return units
 
     def split(self, chunk: Chunk) -> list[tuple[Hashable, Chunk]]:
         """A whole chunk's records in chunks of their ordering units, each in offset order."""
